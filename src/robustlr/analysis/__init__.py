@@ -1,0 +1,21 @@
+"""Analysis of perturbations (singular spectra) and of networks (conditioning)."""
+
+from .spectrum import (
+    effective_rank,
+    energy_curve,
+    energy_fraction,
+    nuclear_norm,
+    relative_spectrum_shift,
+    singular_values,
+    stable_rank,
+)
+
+__all__ = [
+    "singular_values",
+    "nuclear_norm",
+    "energy_fraction",
+    "energy_curve",
+    "effective_rank",
+    "stable_rank",
+    "relative_spectrum_shift",
+]

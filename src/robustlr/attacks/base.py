@@ -1,0 +1,239 @@
+"""The attack base class: validation, eval-mode handling, losses, restarts and seeded randomness.
+
+Every attack maps a batch of images ``x ∈ [0,1]^{N×C×H×W}`` with labels ``y`` to adversarial images of the
+same shape, dtype and device.  Subclasses implement :meth:`Attack._run`, one restart of the attack; the
+base class validates inputs, switches the model to eval mode (restoring it afterwards, also on error),
+runs the restarts and keeps, per sample, the best one.
+
+Randomness never touches the global RNG.  Each sample's random draws come from its own
+``torch.Generator`` seeded by ``(seed, restart, bytes of the sample)``, so an image gets the same random
+start whatever batch it is in and wherever it sits in that batch: attacking a batch equals attacking
+each image alone, and results do not depend on the evaluation batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .projections import check_norm
+
+__all__ = ["Attack", "LOSSES", "check_positive_int", "check_nonnegative"]
+
+LOSSES = ("ce", "margin")
+"""Attack objectives: cross-entropy, or the CW-style logit margin."""
+
+_RANGE_TOL = 1e-6
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` if it is an int ≥ 1, else raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def check_nonnegative(value: object, name: str) -> float:
+    """Return ``value`` as float if it is finite and ≥ 0, else raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class Attack(ABC):
+    """Base class of robustlr attacks.
+
+    Args:
+        model: any ``nn.Module`` (or callable) mapping ``[0,1]`` images to ``(N, num_classes)`` logits;
+            normalisation belongs inside the model (see ``robustlr.models.Normalize``).
+        eps: the perturbation budget ``ε ≥ 0`` in the attack's norm.  ``ε = 0`` returns ``x`` unchanged.
+        norm: ``"linf"`` or ``"l2"``.
+        loss: ``"ce"`` (cross-entropy, default) or ``"margin"`` (CW-style logit margin
+            ``max_{j≠y} z_j − z_y``; targeted: ``z_t − max_{j≠t} z_j``).
+        restarts: number of independent runs; per sample the first restart that fools the model is kept,
+            else the one with the highest loss.
+        seed: seed of the attack's random draws; ``None`` draws a fresh one (kept in ``self.seed``).
+    """
+
+    name: str = "attack"
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        eps: float,
+        norm: str = "linf",
+        *,
+        loss: str = "ce",
+        restarts: int = 1,
+        seed: int | None = None,
+    ) -> None:
+        if not callable(model):
+            raise ValueError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
+        self.model = model
+        self.eps = check_nonnegative(eps, "eps")
+        self.norm = check_norm(norm)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.loss = loss
+        self.restarts = check_positive_int(restarts, "restarts")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        self.seed = secrets.randbits(63) if seed is None else seed
+        self._sample_keys: list[bytes] = []
+
+    # ------------------------------------------------------------------ public API
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+        """Return adversarial examples for ``(x, y)``; with ``targeted=True``, ``y`` holds target labels."""
+        self._check_inputs(x, y)
+        if self.eps == 0:
+            return x.detach().clone()
+        return self._guarded(x, y, targeted, self._best_of_restarts)
+
+    def _guarded(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, fn: Callable):
+        """Run ``fn(x, y, targeted)`` with the model in eval mode and per-sample random keys set up.
+
+        The model's training flag is restored afterwards, also when ``fn`` raises.
+        """
+        self._check_inputs(x, y)
+        was_training = getattr(self.model, "training", None)
+        if isinstance(self.model, nn.Module):
+            self.model.eval()
+        try:
+            self._sample_keys = self._keys(x)
+            labels = y.detach().to(device=x.device, dtype=torch.long)
+            with torch.enable_grad():
+                return fn(x.detach(), labels, targeted)
+        finally:
+            self._sample_keys = []
+            if isinstance(self.model, nn.Module) and was_training:
+                self.model.train()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._describe().items())
+        return f"{type(self).__name__}({fields})"
+
+    def _describe(self) -> dict[str, object]:
+        """Hyper-parameters shown by ``repr`` and recorded in reports."""
+        return {"eps": self.eps, "norm": self.norm, "loss": self.loss, "restarts": self.restarts, "seed": self.seed}
+
+    def state_bytes(self, shape: tuple[int, ...], element_size: int = 4) -> int:
+        """Bytes of the optimisation state of one attack on a batch of ``shape`` (the perturbation)."""
+        return math.prod(shape) * element_size
+
+    # ------------------------------------------------------------------ for subclasses
+    @abstractmethod
+    def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:
+        """One restart of the attack; returns ``x_adv`` (detached)."""
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Model output, checked to be ``(N, num_classes)`` logits."""
+        out = self.model(x)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"model must return logits of shape (N, num_classes) = ({x.shape[0]}, K), got {shape}"
+            )
+        return out
+
+    def _objective(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+        """Per-sample loss to *maximise*, shape (N,)."""
+        num_classes = logits.shape[1]
+        if int(y.max()) >= num_classes:
+            raise ValueError(f"y must hold labels in [0, {num_classes - 1}] (the model has {num_classes} logits), "
+                             f"got max {int(y.max())}")
+        if self.loss == "ce":
+            ce = F.cross_entropy(logits, y, reduction="none")
+            return -ce if targeted else ce
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        others = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+        return true - others if targeted else others - true
+
+    def _loss_and_grad(
+        self, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool, wrt: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per-sample objective at ``x_adv`` and the gradient of its sum w.r.t. ``wrt`` (default ``[x_adv]``).
+
+        The summed loss makes each sample's gradient independent of the rest of the batch.
+        """
+        wrt = [x_adv] if wrt is None else wrt
+        objective = self._objective(self._logits(x_adv), y, targeted)
+        grads = torch.autograd.grad(objective.sum(), wrt)
+        return objective.detach(), list(grads)
+
+    def _noise(self, kind: str, shape: tuple[int, ...], restart: int, like: torch.Tensor) -> torch.Tensor:
+        """Per-sample random tensor of shape ``(N, *shape)``, reproducible from (seed, restart, sample).
+
+        ``kind``: ``"normal"`` (N(0,1)), ``"uniform"`` (U(−1,1)) or ``"unit"`` (U(0,1)).
+        """
+        out = []
+        for key in self._sample_keys:
+            g = torch.Generator().manual_seed(_derive_seed(key, self.seed, restart, kind))
+            if kind == "normal":
+                out.append(torch.randn(shape, generator=g, dtype=torch.float64))
+            elif kind == "uniform":
+                out.append(torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1)
+            else:
+                out.append(torch.rand(shape, generator=g, dtype=torch.float64))
+        return torch.stack(out).to(device=like.device, dtype=like.dtype)
+
+    # ------------------------------------------------------------------ internals
+    def _best_of_restarts(self, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+        best = self._run(x, y, targeted, 0)
+        if self.restarts == 1:
+            return best
+        best_fooled, best_loss = self._outcome(best, y, targeted)
+        for restart in range(1, self.restarts):
+            cand = self._run(x, y, targeted, restart)
+            fooled, loss = self._outcome(cand, y, targeted)
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & ~best_fooled & (loss > best_loss))
+            best = torch.where(better[:, None, None, None], cand, best)
+            best_fooled = best_fooled | fooled
+            best_loss = torch.where(better, loss, best_loss)
+        return best
+
+    def _outcome(self, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            logits = self._logits(x_adv)
+            pred = logits.argmax(dim=1)
+            fooled = pred == y if targeted else pred != y
+            return fooled, self._objective(logits, y, targeted)
+
+    @staticmethod
+    def _keys(x: torch.Tensor) -> list[bytes]:
+        data = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return [hashlib.blake2b(sample.tobytes(), digest_size=16).digest() for sample in data]
+
+    @staticmethod
+    def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a 4-D tensor (N, C, H, W), got {shape}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating tensor with values in [0, 1], got dtype {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError("x must hold at least one image, got an empty batch")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x must be finite, got NaN or inf values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
+            raise ValueError(f"x must have values in [0, 1] (normalise inside the model), got range [{lo:.4g}, {hi:.4g}]")
+        if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise ValueError(f"y must be an integer tensor of labels, got {getattr(y, 'dtype', type(y).__name__)}")
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+        if int(y.min()) < 0:
+            raise ValueError(f"y must hold labels >= 0, got min {int(y.min())}")
+
+
+def _derive_seed(key: bytes, seed: int, restart: int, kind: str) -> int:
+    h = hashlib.blake2b(key, digest_size=8, person=kind.encode()[:16].ljust(16, b"\0"))
+    h.update(seed.to_bytes(16, "little", signed=True))
+    h.update(restart.to_bytes(8, "little"))
+    return int.from_bytes(h.digest(), "little") >> 1

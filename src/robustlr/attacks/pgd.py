@@ -1,0 +1,104 @@
+"""Projected gradient descent (Madry et al., ICLR 2018, arXiv 1706.06083) in L∞ and L2.
+
+One step, with ``g = ∇ₓ loss`` per sample:
+
+    x ← x + α · d(g),   d = sign(g) (L∞)  or  g / ‖g‖₂ (L2)
+    δ ← Π_{‖δ‖ ≤ ε}(x − x₀),   x ← clip_[0,1](x₀ + δ)
+
+This is the update of torchattacks' ``PGD``/``PGDL2`` (which the tests check against).
+
+Default step sizes (``alpha=None``): L∞ ``α = 2.5·ε/steps`` (Madry et al.'s rule, 2/255 at ε = 8/255 and
+10 steps); L2 ``α = 1.8·ε/steps`` (the LoRa-PGD paper's PGD-L2 baseline, 0.09 at ε = 0.5 and 10 steps).
+Random start: L∞ uniform in ``[−ε, ε]^d``; L2 a Gaussian direction scaled to radius ``u·ε``, ``u ~ U(0,1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .base import Attack, check_positive_int
+from .projections import clip_unit, normalize_per_sample, per_sample_norm, project_ball
+
+__all__ = ["PGD", "default_alpha"]
+
+_ALPHA_FACTOR = {"linf": 2.5, "l2": 1.8}
+
+
+def default_alpha(eps: float, steps: int, norm: str) -> float:
+    """The default step size: ``2.5·ε/steps`` for L∞, ``1.8·ε/steps`` for L2."""
+    return _ALPHA_FACTOR[norm] * eps / steps
+
+
+class PGD(Attack):
+    """Projected gradient descent attack (see the module docstring for the exact update).
+
+    Args:
+        model: maps ``[0,1]`` images to ``(N, num_classes)`` logits.
+        eps: budget ``ε ≥ 0`` in ``norm``.
+        norm: ``"linf"`` (default) or ``"l2"``.
+        steps: number of gradient steps (≥ 1).
+        alpha: step size ``α > 0``; ``None`` uses :func:`default_alpha`.
+        random_start: start from a random point of the ε-ball instead of ``x``.
+        restarts: independent runs; per sample the best is kept (see :class:`Attack`).
+        seed: seed of the random start.
+        loss: ``"ce"`` or ``"margin"``.
+    """
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        eps: float = 8 / 255,
+        norm: str = "linf",
+        steps: int = 10,
+        alpha: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        seed: int | None = None,
+        *,
+        loss: str = "ce",
+    ) -> None:
+        super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed)
+        self.steps = check_positive_int(steps, "steps")
+        if alpha is None:
+            alpha = self._default_alpha()
+        elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ValueError(f"alpha must be a finite number > 0 or None (default), got {alpha!r}")
+        self.alpha = float(alpha)
+        self.random_start = bool(random_start)
+
+    def _default_alpha(self) -> float:
+        return default_alpha(self.eps, self.steps, self.norm)
+
+    def _describe(self) -> dict[str, object]:
+        return {**super()._describe(), "steps": self.steps, "alpha": self.alpha, "random_start": self.random_start}
+
+    def _start(self, x: torch.Tensor, restart: int) -> torch.Tensor:
+        if not self.random_start:
+            return x.clone()
+        if self.norm == "linf":
+            delta = self.eps * self._noise("uniform", tuple(x.shape[1:]), restart, x)
+        else:
+            direction = self._noise("normal", tuple(x.shape[1:]), restart, x)
+            radius = self._noise("unit", (1, 1, 1), restart, x) * self.eps
+            delta = direction / per_sample_norm(direction, "l2")[:, None, None, None] * radius
+        return clip_unit(x + delta)
+
+    def _shape_delta(self, delta: torch.Tensor, step: int) -> torch.Tensor:
+        """Hook applied to the projected perturbation after each step (identity for plain PGD)."""
+        return delta
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:
+        x_adv = self._start(x, restart)
+        for step in range(self.steps):
+            x_adv.requires_grad_(True)
+            _, (grad,) = self._loss_and_grad(x_adv, y, targeted)
+            x_adv = x_adv.detach() + self.alpha * normalize_per_sample(grad, self.norm)
+            delta = self._shape_delta(project_ball(x_adv - x, self.eps, self.norm), step)
+            x_adv = clip_unit(x + delta)
+        return x_adv.detach()

@@ -1,0 +1,70 @@
+"""PGD whose perturbation is projected to rank r per channel (the LoRa-PGD paper's baseline).
+
+After the ε-ball projection, the perturbation of every (image, channel) is replaced by its best rank-r
+approximation (truncated SVD, Eckart–Young) — only at the last step (``project="last"``, the paper's
+baseline ``PGDL2_proj_r``) or at every step (``project="every"``).  The clip to ``[0,1]`` that follows can
+raise the rank again; the truncation cannot increase the norm (‖P_r δ‖ ≤ ‖δ‖ in L2), but in L∞ it can,
+so for ``norm="linf"`` the truncated perturbation is projected onto the ball once more (which may also
+raise the rank: L∞ budget and rank cannot both be exact).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .pgd import PGD
+from .projections import check_rank_spec, project_ball, resolve_rank, truncate_rank
+
+__all__ = ["RankProjectedPGD"]
+
+PROJECT_MODES = ("last", "every")
+
+
+class RankProjectedPGD(PGD):
+    """PGD with a per-channel rank-``rank`` truncation of the perturbation.
+
+    Args:
+        rank: an int in ``[1, min(H, W)]`` or a fraction of ``min(H, W)`` in ``(0, 1]``.
+        project: ``"last"`` (default, the paper's baseline) or ``"every"`` step.
+        Other arguments as :class:`~robustlr.attacks.PGD` (default ``norm="l2"``).
+    """
+
+    name = "rank-pgd"
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        eps: float = 0.5,
+        rank: int | float = 0.1,
+        norm: str = "l2",
+        project: str = "last",
+        steps: int = 10,
+        alpha: float | None = None,
+        random_start: bool = False,
+        restarts: int = 1,
+        seed: int | None = None,
+        *,
+        loss: str = "ce",
+    ) -> None:
+        super().__init__(model, eps, norm, steps, alpha, random_start, restarts, seed, loss=loss)
+        if project not in PROJECT_MODES:
+            raise ValueError(f"project must be one of {PROJECT_MODES}, got {project!r}")
+        self.rank = check_rank_spec(rank)
+        self.project = project
+        self._rank_now = 1
+
+    def _describe(self) -> dict[str, object]:
+        return {**super()._describe(), "rank": self.rank, "project": self.project}
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:
+        self._rank_now = resolve_rank(self.rank, min(x.shape[-2:]))
+        return super()._run(x, y, targeted, restart)
+
+    def _shape_delta(self, delta: torch.Tensor, step: int) -> torch.Tensor:
+        if self.project == "last" and step != self.steps - 1:
+            return delta
+        low = truncate_rank(delta, self._rank_now)
+        return project_ball(low, self.eps, self.norm) if self.norm == "linf" else low

@@ -1,0 +1,64 @@
+"""Shared fixtures: small models on synthetic input, and a CNN trained on real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def small_cnn(in_channels: int = 1, num_classes: int = 10, size: int = 28, seed: int = 0) -> nn.Module:
+    """A small CNN (conv-pool-conv-pool-fc) with LeakyReLU, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.LeakyReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.LeakyReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * (size // 4) ** 2, num_classes),
+    )
+
+
+@pytest.fixture
+def cnn() -> nn.Module:
+    return small_cnn()
+
+
+@pytest.fixture
+def rgb_cnn() -> nn.Module:
+    return small_cnn(in_channels=3, size=16, seed=1)
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(6, 1, 28, 28, generator=gen), torch.randint(0, 10, (6,), generator=gen)
+
+
+@pytest.fixture
+def rgb_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(4, 3, 16, 16, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """Real Fashion-MNIST (Debian's dataset-fashion-mnist). CI installs it; its absence is a failure."""
+    if not os.path.isdir(FMNIST_DIR):
+        pytest.fail(f"{FMNIST_DIR} is missing: install it with `apt-get install -y dataset-fashion-mnist`")
+    from robustlr.data import load_dataset
+
+    return load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+
+
+@pytest.fixture(scope="session")
+def fmnist_model(fmnist):
+    """A small CNN trained for one epoch on 20 000 real Fashion-MNIST images (a few seconds on CPU)."""
+    from robustlr.train.quick import fit
+
+    train, _ = fmnist
+    model = small_cnn(seed=0)
+    fit(model, train.images[:20000], train.labels[:20000], epochs=1, lr=0.05, batch_size=128, seed=0)
+    return model
