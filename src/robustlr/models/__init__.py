@@ -1,0 +1,35 @@
+"""Model zoo (LeNet5, VGG16, WRN, PreAct ResNet-18, MLP), input normalization,
+checkpoints with JSON sidecars, and loading users' own models from a file."""
+
+from .activation import ACTIVATIONS, LEAKY_RELU_SLOPE, make_activation
+from .checkpoint import load_checkpoint, save_checkpoint, sidecar_path
+from .lenet import LeNet5
+from .mlp import MLP
+from .normalize import Normalize, with_normalization
+from .preact_resnet import PreActBlock, PreActResNet, preact_resnet18
+from .registry import available_models, create, creation_args
+from .user_model import load_model_file
+from .vgg import VGG16
+from .wrn import wide_resnet
+
+__all__ = [
+    "ACTIVATIONS",
+    "LEAKY_RELU_SLOPE",
+    "MLP",
+    "VGG16",
+    "LeNet5",
+    "Normalize",
+    "PreActBlock",
+    "PreActResNet",
+    "available_models",
+    "create",
+    "creation_args",
+    "load_checkpoint",
+    "load_model_file",
+    "make_activation",
+    "preact_resnet18",
+    "save_checkpoint",
+    "sidecar_path",
+    "wide_resnet",
+    "with_normalization",
+]
