@@ -1,0 +1,105 @@
+"""Batches of ``(x, y)`` for evaluation, from a tensor pair, a torch Dataset or a DataLoader.
+
+Whatever the source, batches are re-chunked to exactly ``batch_size`` samples (the last one smaller), in the
+source's order, and cut after the first ``n`` samples; every batch is checked to hold float images
+``(N, C, H, W)`` and ``N`` integer labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+__all__ = ["Data", "Batch", "iter_batches", "num_batches"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Data = Union[tuple[torch.Tensor, torch.Tensor], Dataset, DataLoader]
+"""What ``evaluate`` accepts as ``data``."""
+
+
+def iter_batches(data: Data, batch_size: int, n: int | None) -> tuple[Iterator[Batch], int | None]:
+    """Return an iterator over checked batches of ``data`` and the number of samples it will yield.
+
+    The count is ``None`` when the source does not know its length (an iterable-style DataLoader).
+    Raises ``ValueError`` naming ``data`` for an unsupported type, an empty source or mismatched x / y.
+    """
+    if isinstance(data, DataLoader):
+        source: Iterable = data
+        total = _length(data.dataset)
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = _check_batch(data)
+        total = x.shape[0]
+        source = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, total, batch_size))
+    elif isinstance(data, Dataset):
+        total = _length(data)
+        if total is None:
+            raise ValueError(f"data must be a Dataset with a length, got {type(data).__name__} without __len__")
+        subset = data if n is None or n >= total else Subset(data, range(n))
+        source = DataLoader(subset, batch_size=batch_size, shuffle=False)
+    else:
+        raise ValueError(
+            f"data must be an (x, y) tensor pair, a torch Dataset or a DataLoader, got {type(data).__name__}"
+        )
+    if total == 0:
+        raise ValueError("data must hold at least one sample, got an empty one")
+    if total is not None and n is not None:
+        total = min(total, n)
+    return _rechunk(source, batch_size, n), total
+
+
+def num_batches(total: int | None, batch_size: int) -> int | None:
+    """Number of batches ``iter_batches`` yields for ``total`` samples (``None`` if unknown)."""
+    return None if total is None else math.ceil(total / batch_size)
+
+
+def _length(dataset: object) -> int | None:
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _rechunk(source: Iterable, batch_size: int, limit: int | None) -> Iterator[Batch]:
+    """Yield batches of exactly ``batch_size`` samples (the last smaller) from ``source``, at most ``limit``."""
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    held = seen = 0
+    for batch in source:
+        x, y = _check_batch(batch)
+        if limit is not None:
+            x, y = x[: limit - seen], y[: limit - seen]
+        seen += x.shape[0]
+        held += x.shape[0]
+        xs.append(x)
+        ys.append(y)
+        while held >= batch_size:
+            x_all, y_all = torch.cat(xs), torch.cat(ys)
+            yield x_all[:batch_size], y_all[:batch_size]
+            xs, ys = [x_all[batch_size:]], [y_all[batch_size:]]
+            held -= batch_size
+        if limit is not None and seen >= limit:
+            break
+    if held:
+        yield torch.cat(xs), torch.cat(ys)
+    if seen == 0:
+        raise ValueError("data must hold at least one sample, got none")
+
+
+def _check_batch(batch: object) -> Batch:
+    """``ValueError`` naming ``data`` unless ``batch`` is ``(x, y)``: float ``(N, C, H, W)`` and ``N`` int labels."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(f"data must yield (x, y) pairs, got {type(batch).__name__}")
+    x, y = batch
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"data must hold float images x of shape (N, C, H, W), got {got}")
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"data must hold integer labels y of shape (N,), got {got}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"data must have as many labels as images, got x with {x.shape[0]} and y with {y.shape[0]}")
+    return x, y

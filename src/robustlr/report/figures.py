@@ -1,0 +1,118 @@
+"""Figures as PNG files, drawn with matplotlib's Agg canvas (no pyplot state, no display needed).
+
+* :func:`plot_robust_accuracy` — robust accuracy vs ε, one line per attack (LoRa-PGD at several ranks
+  appears as several attacks, e.g. ``lora-pgd r=3``), the per-ε worst case, the clean accuracy as reference;
+* :func:`plot_spectrum_shift` — the LoRa-PGD paper's bar chart of the normalised relative shift ``p_j`` of
+  the singular values over the index ``j``;
+* :func:`plot_energy_curves` — the energy fraction ``E_r`` of the top ``r`` singular values vs ``r``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..evaluation.specs import GRID
+from .files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from ..evaluation.result import EvaluationResult
+
+__all__ = ["plot_robust_accuracy", "plot_spectrum_shift", "plot_energy_curves"]
+
+ArrayLike = Sequence[float] | np.ndarray | torch.Tensor
+
+
+def plot_robust_accuracy(
+    result: EvaluationResult, out_path: str | os.PathLike, title: str = "Robust accuracy vs ε"
+) -> Path:
+    """Robust accuracy vs ε of every attack of ``result`` and the worst case, with the clean accuracy.
+
+    ``at_eps`` attacks are lines over their grid; ready attacks with a budget are single markers; attacks
+    without a budget are not drawn (they have no ε).  Returns the PNG's path.
+    """
+    fig, ax = _figure()
+    ax.axhline(result.clean_accuracy, color="grey", linestyle=":", label=f"clean ({result.clean_accuracy:.3g})")
+    for name in dict.fromkeys(r.attack for r in result.attacks):
+        points = sorted((r.eps, r.robust_accuracy) for r in result.attacks if r.attack == name and r.eps is not None)
+        if not points:
+            continue
+        grid = any(r.kind == GRID for r in result.attacks if r.attack == name)
+        eps, acc = zip(*points)
+        ax.plot(eps, acc, marker="o", linestyle="-" if grid else "none", label=name)
+    if result.worst_case:
+        ax.plot([w.eps for w in result.worst_case], [w.robust_accuracy for w in result.worst_case],
+                color="black", linestyle="--", marker="x", label="worst case")
+    ax.set(xlabel="ε", ylabel="accuracy", title=title, ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def plot_spectrum_shift(p: ArrayLike, out_path: str | os.PathLike, title: str) -> Path:
+    """Bar chart of the normalised relative singular-value shift ``p_j`` over the index ``j = 1, 2, …``.
+
+    ``p``: 1-D, finite (``relative_spectrum_shift`` of ``robustlr.analysis.spectrum``).  Returns the PNG's path.
+    """
+    values = _vector(p, "p")
+    fig, ax = _figure()
+    ax.bar(np.arange(1, values.size + 1), values, color="tab:blue")
+    ax.set(xlabel="singular value index j", ylabel="normalised relative shift $p_j$", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out_path)
+
+
+def plot_energy_curves(
+    curves: Mapping[str, ArrayLike], out_path: str | os.PathLike, title: str = "Energy in the top r singular values"
+) -> Path:
+    """Energy fraction ``E_r`` vs ``r = 1, 2, …``, one line per attack (``curves``: name -> 1-D values over r).
+
+    Returns the PNG's path.
+    """
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError(f"curves must be a non-empty mapping name -> energy fractions over r, got {curves!r}")
+    fig, ax = _figure()
+    for name, curve in curves.items():
+        values = _vector(curve, f"curves[{name!r}]")
+        ax.plot(np.arange(1, values.size + 1), values, marker="o", label=str(name))
+    ax.set(xlabel="rank r", ylabel="energy fraction $E_r$", title=title, ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def _figure() -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(6.4, 4.4), dpi=100, layout="tight")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, out_path: str | os.PathLike) -> Path:
+    path = Path(out_path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"out_path must name a .png file, got {str(out_path)!r}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _vector(values: ArrayLike, name: str) -> np.ndarray:
+    """``values`` as a finite, non-empty 1-D float array, else ``ValueError`` naming ``name``."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a 1-D array of finite numbers, got {values!r}") from err
+    if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+        raise ValueError(f"{name} must be a non-empty 1-D array of finite numbers, got shape {array.shape}: {array!r}")
+    return array
