@@ -1,0 +1,65 @@
+"""Timing and memory helpers shared by the benchmark scripts (not part of the library)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the device the figures were measured on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated by torch while ``fn`` runs, above the level before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated``.  CPU: the profiler's allocation timeline (allocations
+    attributed to each operator at its start, frees as they happen), summed in time order.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    timeline = []
+    for e in prof.events():
+        if e.name == "[memory]":
+            timeline.append((e.time_range.start, e.cpu_memory_usage))
+        elif e.self_cpu_memory_usage > 0:
+            timeline.append((e.time_range.start, e.self_cpu_memory_usage))
+    level = peak = 0
+    for _, delta in sorted(timeline, key=lambda t: t[0]):
+        level += delta
+        peak = max(peak, level)
+    return peak
