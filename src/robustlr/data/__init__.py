@@ -1,0 +1,56 @@
+"""Datasets for robustlr: readers, discovery, verified downloads, seeded loaders and augmentation.
+
+Typical use::
+
+    from robustlr.data import load_dataset, make_loader, train_val_split
+
+    train = load_dataset("fashion-mnist", "train")          # ImageDataset, images in [0, 1]
+    train, val = train_val_split(train, val_fraction=0.1, seed=0)
+    for images, labels in make_loader(train, batch_size=128, shuffle=True, seed=0):
+        ...
+"""
+
+from .augment import RandomCropFlip
+from .catalog import DATASET_NAMES, REMOTE_FILES, SPLITS, STORED_DATASETS, RemoteFile, StoredDataset
+from .cifar import RestrictedUnpickler, load_pickle, read_cifar_dataset
+from .datasets import load_dataset
+from .digits import load_digits
+from .discovery import DATA_ENV_VAR, SYSTEM_DATA_DIR, DatasetNotFoundError, download_dir, find_split_files, search_dirs
+from .download import DownloadError, download_dataset, download_file, extract_tar, file_matches
+from .idx import parse_idx, read_idx, read_idx_dataset
+from .image_dataset import ImageDataset
+from .loaders import make_loader, train_val_split
+from .synthetic import make_synthetic
+
+__all__ = [
+    "DATASET_NAMES",
+    "DATA_ENV_VAR",
+    "REMOTE_FILES",
+    "SPLITS",
+    "STORED_DATASETS",
+    "SYSTEM_DATA_DIR",
+    "DatasetNotFoundError",
+    "DownloadError",
+    "ImageDataset",
+    "RandomCropFlip",
+    "RemoteFile",
+    "RestrictedUnpickler",
+    "StoredDataset",
+    "download_dataset",
+    "download_dir",
+    "download_file",
+    "extract_tar",
+    "file_matches",
+    "find_split_files",
+    "load_dataset",
+    "load_digits",
+    "load_pickle",
+    "make_loader",
+    "make_synthetic",
+    "parse_idx",
+    "read_cifar_dataset",
+    "read_idx",
+    "read_idx_dataset",
+    "search_dirs",
+    "train_val_split",
+]
