@@ -61,11 +61,19 @@ def plot_robust_accuracy(
 def plot_spectrum_shift(p: ArrayLike, out_path: str | os.PathLike, title: str) -> Path:
     """Bar chart of the normalised relative singular-value shift ``p_j`` over the index ``j = 1, 2, …``.
 
-    ``p``: 1-D, finite (``relative_spectrum_shift`` of ``robustlr.analysis.spectrum``).  Returns the PNG's path.
+    ``p``: 1-D (``relative_spectrum_shift`` of ``robustlr.analysis.spectrum``); NaN marks an index where the
+    shift is undefined (σ_j = 0 in every clean image) and is drawn as a grey tick, not as a bar.
+    Returns the PNG's path.
     """
-    values = _vector(p, "p")
+    values = _vector(p, "p", allow_nan=True)
     fig, ax = _figure()
-    ax.bar(np.arange(1, values.size + 1), values, color="tab:blue")
+    index = np.arange(1, values.size + 1)
+    undefined = np.isnan(values)
+    ax.bar(index[~undefined], values[~undefined], color="tab:blue")
+    if undefined.any():
+        ax.plot(index[undefined], np.zeros(int(undefined.sum())), "|", color="grey", markersize=12,
+                label="undefined (σ_j = 0 in every image)")
+        ax.legend(fontsize="small")
     ax.set(xlabel="singular value index j", ylabel="normalised relative shift $p_j$", title=title)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_path)
@@ -105,14 +113,16 @@ def _save(fig: Figure, out_path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _vector(values: ArrayLike, name: str) -> np.ndarray:
-    """``values`` as a finite, non-empty 1-D float array, else ``ValueError`` naming ``name``."""
+def _vector(values: ArrayLike, name: str, allow_nan: bool = False) -> np.ndarray:
+    """``values`` as a finite (or, with ``allow_nan``, NaN = undefined) non-empty 1-D float array,
+    else ``ValueError`` naming ``name``."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be a 1-D array of finite numbers, got {values!r}") from err
-    if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+    ok = np.isfinite(array) | (np.isnan(array) if allow_nan else False)
+    if array.ndim != 1 or array.size == 0 or not ok.all() or (allow_nan and np.isnan(array).all()):
         raise ValueError(f"{name} must be a non-empty 1-D array of finite numbers, got shape {array.shape}: {array!r}")
     return array

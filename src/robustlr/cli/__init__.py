@@ -1,0 +1,46 @@
+"""The ``robustlr`` command line: ``robustlr COMMAND --help`` describes each command.
+
+Errors in the arguments, missing data and bad files end with a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from . import demo_cmd, evaluate_cmd, spectrum_cmd
+from .options import apply_config
+
+__all__ = ["main", "build_parser"]
+
+_COMMANDS = (demo_cmd, evaluate_cmd, spectrum_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustlr",
+        description="Low-rank adversarial attacks (LoRa-PGD) and robust low-rank training (CondLR).",
+        epilog="Run 'robustlr COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"robustlr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 success, 2 usage or data error, 130 interrupted)."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = apply_config(parser, argv)
+        return args.handler(args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        message = " ".join(str(exc).split("\n")[0].split()) if not isinstance(exc, FileNotFoundError) else str(exc)
+        print(f"robustlr: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robustlr: interrupted", file=sys.stderr)
+        return 130

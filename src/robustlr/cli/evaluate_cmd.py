@@ -1,0 +1,89 @@
+"""``robustlr evaluate`` and ``robustlr attack``: robust accuracy over attacks × ε, reports on disk."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..evaluate import evaluate
+from ..report import SUMMARY_COLUMNS, atomic_write_bytes, format_table, write_report
+from .options import options_record, add_attack_options, add_data_options, add_model_options, add_run_options, default_out
+from .plan import plan_attacks
+from .setup import device_of, load_data, load_model
+
+__all__ = ["register"]
+
+DEFAULT_ATTACKS = ["fgsm", "pgd-linf", "pgd-l2", "lora-pgd"]
+
+
+class _Recorder:
+    """Wraps an attack and keeps every adversarial batch it returns (for ``robustlr attack``)."""
+
+    def __init__(self, attack):
+        self.attack, self.batches = attack, []
+        self.eps = getattr(attack, "eps", None)
+
+    def __call__(self, x, y):
+        out = self.attack(x, y)
+        self.batches.append(out.detach().cpu())
+        return out
+
+
+def run(args: argparse.Namespace, save_adversarial: bool) -> int:
+    torch.manual_seed(args.seed)
+    device = device_of(args)
+    data = load_data(args)
+    model = load_model(args, data)
+    plans = plan_attacks(args, model)
+    out = Path(args.out) if args.out else default_out(args.command)
+    recorders: dict[str, _Recorder] = {}
+    for plan in plans:
+        if save_adversarial:
+            plan.attacks = {name: _wrap(spec, name, recorders) for name, spec in plan.attacks.items()}
+        result = evaluate(model, data, plan.attacks, plan.eps, batch_size=args.batch_size, device=device,
+                          progress=not args.no_progress)
+        target = out / plan.norm if len(plans) > 1 else out
+        write_report(result, target, title=f"robustlr {args.command}: {args.data} ({plan.norm})",
+                     extra={"options": options_record(args), "norm": plan.norm})
+        print(f"\n{plan.norm}: clean accuracy {result.clean_accuracy:.4f} on n = {result.n}")
+        print(format_table(result.rows(), SUMMARY_COLUMNS))
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+    for key, rec in recorders.items():
+        atomic_write_bytes(out / "adversarial" / f"{key}.pt", _tensor_bytes(torch.cat(rec.batches)))
+    print(f"\nreport written to {out}")
+    return 0
+
+
+def _wrap(spec, name, recorders):
+    from ..evaluate import at_eps
+
+    def factory(e, spec=spec, name=name):
+        rec = _Recorder(spec.factory(e))
+        recorders[f"{name.replace(' ', '_').replace('=', '')}_eps{e:g}"] = rec
+        return rec
+
+    return at_eps(factory)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(t, buf)
+    return buf.getvalue()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for command, save, text in (
+        ("evaluate", False, "clean and robust accuracy over attacks × ε, worst case per sample, report files"),
+        ("attack", True, "run attacks, save the adversarial examples (adversarial/*.pt) and the evaluation report"),
+    ):
+        p = sub.add_parser(command, help=text, description=text)
+        add_model_options(p)
+        add_data_options(p)
+        add_attack_options(p, DEFAULT_ATTACKS)
+        add_run_options(p, command)
+        p.set_defaults(handler=lambda a, save=save: run(a, save))

@@ -1,0 +1,150 @@
+"""The command line end to end on real Fashion-MNIST, and its error handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from robustlr.cli import build_parser, main
+from robustlr.models import create, save_checkpoint
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, fmnist):
+    from robustlr.train.quick import fit
+
+    train, _ = fmnist
+    model = create("lenet5", num_classes=10)
+    fit(model, train.images[:5000], train.labels[:5000], epochs=1, lr=0.05, seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "lenet5.pt"
+    save_checkpoint(path, model, {"data": "fashion-mnist"})
+    return path
+
+
+def test_evaluate_end_to_end_writes_readable_reports(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--n", "64", "--attack", "pgd-linf", "--attack", "lora-pgd",
+                 "--attack", "pgd-l2", "--eps", "0", "0.05", "--eps-l2", "0,1.0", "--rank", "3", "0.2", "--steps", "3",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "robust acc" in printed and "lora-pgd r=3" in printed and "lora-pgd r=0.2" in printed
+    for norm in ("linf", "l2"):
+        doc = json.loads((out / norm / "result.json").read_text())
+        res = doc["result"]
+        assert res["n"] == 64
+        runs = {(a["attack"], a["eps"]): a for a in res["attacks"]}
+        clean = res["clean_accuracy"]
+        for (name, eps), row in runs.items():
+            assert row["robust_accuracy"] <= clean + 1e-12
+            if eps == 0:
+                assert row["robust_accuracy"] == pytest.approx(clean)
+        md = (out / norm / "report.md").read_text()
+        assert "robust_accuracy.png" in md and "| attack" in md
+        png = (out / norm / "robust_accuracy.png").read_bytes()
+        assert png.startswith(PNG) and len(png) > 1000
+    l2 = json.loads((out / "l2" / "result.json").read_text())["result"]
+    names = {a["attack"] for a in l2["attacks"]}
+    assert names == {"lora-pgd r=3", "lora-pgd r=0.2", "pgd-l2"}
+    csv_lines = (out / "l2" / "result.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + 3 * 2
+
+
+def test_attack_saves_adversarial_examples(checkpoint, tmp_path):
+    out = tmp_path / "atk"
+    assert main(["attack", "--checkpoint", str(checkpoint), "--n", "20", "--attack", "pgd-linf", "--eps", "0.1",
+                 "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    adv = torch.load(out / "adversarial" / "pgd-linf_eps0.1.pt", weights_only=True)
+    assert adv.shape == (20, 1, 28, 28)
+    from robustlr.data import load_dataset
+
+    x = load_dataset("fashion-mnist", "test").images[:20]
+    assert float((adv - x).abs().max()) <= 0.1 + 1e-6
+
+
+def test_spectrum_end_to_end(checkpoint, tmp_path, capsys):
+    out = tmp_path / "spec"
+    assert main(["spectrum", "--checkpoint", str(checkpoint), "--n", "32", "--attack", "pgd-l2", "--attack", "lora-pgd",
+                 "--rank", "3", "--eps", "1.0", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    doc = json.loads((out / "spectrum.json").read_text())
+    by_name = {a["attack"]: a for a in doc["attacks"]}
+    assert set(by_name) == {"pgd-l2", "lora-pgd r=3"}
+    assert by_name["lora-pgd r=3"]["effective_rank"] < by_name["pgd-l2"]["effective_rank"]
+    assert sum(v for v in by_name["pgd-l2"]["shift_fraction"] if v is not None) == pytest.approx(1.0)
+    assert (out / "energy.png").read_bytes().startswith(PNG)
+    assert "effective rank" in (out / "spectrum.md").read_text()
+
+
+def test_config_file_and_command_line_precedence(checkpoint, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'checkpoint = "{checkpoint}"\nattack = ["fgsm"]\neps = [0.05]\nn = 16\nno-progress = true\n')
+    out = tmp_path / "cfg"
+    assert main(["evaluate", "--config", str(cfg), "--n", "8", "--out", str(out)]) == 0
+    res = json.loads((out / "result.json").read_text())["result"]
+    assert res["n"] == 8
+    assert {(a["attack"], a["eps"]) for a in res["attacks"]} == {("fgsm", 0.05)}
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["evaluate", "--model", "lenet5", "--data", "imagenet"], "imagenet"),
+        (["evaluate", "--model", "resnet1000"], "resnet1000"),
+        (["evaluate", "--model", "lenet5", "--rank", "40", "--attack", "lora-pgd", "--eps", "1"], "rank"),
+        (["evaluate", "--model", "lenet5", "--steps", "0"], "--steps"),
+        (["evaluate"], "--checkpoint"),
+        (["evaluate", "--checkpoint", "/nonexistent/x.pt"], "x.pt"),
+        (["evaluate", "--model", "lenet5", "--data", "mnist", "--data-root", "/nonexistent"], "mnist"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, needle, capsys, tmp_path):
+    code = main(argv + ["--out", str(tmp_path / "x"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "result.json").exists()
+
+
+def test_unparsable_lists_and_bad_config(tmp_path):
+    for argv in (["evaluate", "--eps", "0.1,abc"], ["evaluate", "--rank", "1.5"], ["evaluate", "--eps", "-1"]):
+        proc = subprocess.run([sys.executable, "-m", "robustlr", *argv], capture_output=True, text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--" in proc.stderr
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("colour = 'red'\n")
+    proc = subprocess.run([sys.executable, "-m", "robustlr", "evaluate", "--config", str(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "colour" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, capsys):
+    path = tmp_path / "mlp.pt"
+    save_checkpoint(path, create("mlp", num_classes=10), {})
+    assert main(["evaluate", "--model", "lenet5", "--checkpoint", str(path), "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    assert "does not match the model" in capsys.readouterr().err
+
+
+def test_help_lists_every_command_and_option():
+    text = build_parser().format_help()
+    for command in ("demo", "evaluate", "attack", "spectrum"):
+        assert command in text
+    sub = subprocess.run([sys.executable, "-m", "robustlr", "evaluate", "--help"], capture_output=True, text=True).stdout
+    for option in ("--model", "--model-file", "--checkpoint", "--data", "--split", "--n", "--attack", "--eps", "--rank",
+                   "--steps", "--restarts", "--seed", "--batch-size", "--device", "--out", "--config"):
+        assert option in sub
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "lora-pgd r=3" in printed and "pgd-linf" in printed
+    res = json.loads((out / "result.json").read_text())["result"]
+    assert res["n"] == 200 and res["clean_accuracy"] > 0.3
+    assert {a["attack"] for a in res["attacks"]} >= {"fgsm", "pgd-linf", "pgd-l2", "lora-pgd r=14"}
+    assert all(a["robust_accuracy"] <= res["clean_accuracy"] for a in res["attacks"])
