@@ -11,7 +11,7 @@ import torch
 from ..attacks import FGSM, PGD, LoRaPGD, RankProjectedPGD
 from ..data import load_dataset
 from ..evaluate import evaluate
-from ..models import create
+from ..models import create, save_checkpoint
 from ..report import format_table, write_report
 from ..train.quick import accuracy, fit
 from .options import add_run_options
@@ -45,12 +45,15 @@ def run(args: argparse.Namespace) -> int:
         attacks[f"lora-pgd r={round(frac * 28)}"] = LoRaPGD(model, EPS_L2, rank=frac, seed=args.seed)
     result = evaluate(model, (test.images[:n_test], test.labels[:n_test]), attacks, progress=progress)
     out = Path(args.out) if args.out else Path("runs") / "demo"
+    save_checkpoint(out / "lenet5.pt", model, {"data": "fashion-mnist", "train_images": n_train, "epochs": 1,
+                                               "test_accuracy": result.clean_accuracy})
     write_report(result, out, title="robustlr demo: LeNet5 on Fashion-MNIST",
                  extra={"train_images": n_train, "epochs": 1, "quick": args.quick})
     print(f"\nclean accuracy {result.clean_accuracy:.4f} on n = {result.n} test images; "
           f"L∞ attacks at ε = {EPS_LINF}, L2 attacks at ε = {EPS_L2}")
     print(format_table(result.rows(), COLUMNS))
-    print(f"\nreport written to {out}/report.md")
+    print(f"\nreport written to {out}/report.md; model saved to {out}/lenet5.pt "
+          f"(attack it further with: robustlr evaluate --checkpoint {out}/lenet5.pt)")
     return 0
 
 

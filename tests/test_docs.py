@@ -1,0 +1,28 @@
+"""Every ```python block of the README and docs/ runs (so the documentation cannot rot)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def blocks():
+    for path in DOCS:
+        for i, code in enumerate(BLOCK.findall(path.read_text())):
+            yield pytest.param(code, id=f"{path.name}#{i}")
+
+
+@pytest.mark.parametrize("code", list(blocks()))
+def test_code_block_runs(code, fmnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "<doc>", "exec"), {"__name__": "__doc__"})
+
+
+def test_docs_have_code():
+    assert len(list(blocks())) >= 1
