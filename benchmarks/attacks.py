@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import device_name, median_time, peak_memory
+from common import device_name, interleaved_times, peak_memory
 
 from robustlr.attacks import PGD, LoRaPGD
 
@@ -54,8 +54,8 @@ def run(shape: str, batch: int, steps: int, rank: float, device: torch.device, r
         ours = PGD(model, eps, norm, steps=steps, seed=0)
         peer = (torchattacks.PGD(model, eps=eps, alpha=ours.alpha, steps=steps, random_start=True) if norm == "linf"
                 else torchattacks.PGDL2(model, eps=eps, alpha=ours.alpha, steps=steps, random_start=True))
-        t_ours = median_time(lambda: ours(x, y), device, repeats)
-        t_peer = median_time(lambda: peer(x, y), device, repeats)
+        t = interleaved_times({"ours": lambda: ours(x, y), "peer": lambda: peer(x, y)}, device, repeats)
+        t_ours, t_peer = t["ours"], t["peer"]
         rows[f"pgd_{norm}_vs_torchattacks"] = t_ours / t_peer
         rows[f"pgd_{norm}_seconds"] = t_ours
         rows[f"torchattacks_{norm}_seconds"] = t_peer
@@ -64,14 +64,17 @@ def run(shape: str, batch: int, steps: int, rank: float, device: torch.device, r
         xx = x.clone().requires_grad_(True)
         torch.autograd.grad(F.cross_entropy(model(xx), y, reduction="sum"), xx)
 
-    t_fb = median_time(fwd_bwd, device, repeats)
+    def floor() -> None:
+        for _ in range(steps):
+            fwd_bwd()
+
     lora = LoRaPGD(model, 0.5, rank=rank, steps=steps, seed=0)
     pgd_l2 = PGD(model, 0.5, "l2", steps=steps, seed=0)
-    t_lora = median_time(lambda: lora(x, y), device, repeats)
-    rows["fwd_bwd_seconds"] = t_fb
-    rows["lora_pgd_seconds"] = t_lora
-    rows["lora_pgd_vs_fwd_bwd_floor"] = t_lora / (steps * t_fb)
-    rows["pgd_l2_vs_fwd_bwd_floor"] = median_time(lambda: pgd_l2(x, y), device, repeats) / (steps * t_fb)
+    t = interleaved_times({"floor": floor, "lora": lambda: lora(x, y), "pgd": lambda: pgd_l2(x, y)}, device, repeats)
+    rows["fwd_bwd_seconds"] = t["floor"] / steps
+    rows["lora_pgd_seconds"] = t["lora"]
+    rows["lora_pgd_vs_fwd_bwd_floor"] = t["lora"] / t["floor"]
+    rows["pgd_l2_vs_fwd_bwd_floor"] = t["pgd"] / t["floor"]
     r = lora.resolved_rank(tuple(x.shape))
     rows["rank"] = r
     rows["state_bytes_lora_vs_pgd"] = lora.state_bytes(tuple(x.shape)) / pgd_l2.state_bytes(tuple(x.shape))

@@ -23,18 +23,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in seconds over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
+def interleaved_times(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 5) -> dict[str, float]:
+    """Median wall time of each function, running them in turn (a, b, a, b, …) so that both see the same
+    machine load; one warm-up run each."""
+    for fn in fns.values():
         fn()
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:

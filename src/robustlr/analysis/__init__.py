@@ -1,5 +1,12 @@
 """Analysis of perturbations (singular spectra) and of networks (conditioning)."""
 
+from .conditioning import (
+    layer_condition_numbers,
+    layer_singular_values,
+    network_condition_bound,
+    orthogonality_errors,
+    spectral_norms,
+)
 from .spectrum import (
     effective_rank,
     energy_curve,
@@ -11,6 +18,11 @@ from .spectrum import (
 )
 
 __all__ = [
+    "layer_condition_numbers",
+    "layer_singular_values",
+    "network_condition_bound",
+    "orthogonality_errors",
+    "spectral_norms",
     "singular_values",
     "nuclear_norm",
     "energy_fraction",

@@ -1,0 +1,35 @@
+"""Robust low-rank layers and training (CondLR).
+
+Every Linear/Conv2d weight, flattened to ``W ∈ R^{n×m}``, is stored as ``W = U S Vᵀ`` with orthonormal
+``U``, ``V`` and a full ``r × r`` core ``S``; the :class:`CondLR` optimiser keeps ``κ(S) ≤ 1 + τ`` so the
+compressed network stays well conditioned (Savostianova, Zangrando, Ceruti, Tudisco, NeurIPS 2023,
+arXiv 2306.01485). Baselines: vanilla two-factor layers (:class:`FactorizedLinear`) and the orthogonal dense
+network (:class:`QRProjectedSGD`). Optional DLRT-style rank adaptivity: ``CondLR(..., theta=...)``.
+
+>>> model = to_lowrank(model, rank=0.5)                       # doctest: +SKIP
+>>> opt = CondLR(model, lr=0.05, momentum=0.45, tau=0.1)       # doctest: +SKIP
+"""
+
+from robustlr.lowrank.convert import CompressionReport, LayerCompression, compression_report, to_lowrank
+from robustlr.lowrank.factorized import FactorizedConv2d, FactorizedLinear
+from robustlr.lowrank.layers import FactoredLayer, LowRankConv2d, LowRankLayer, LowRankLinear
+from robustlr.lowrank.manifold import condition_projection, qr_retraction, tangent_projection
+from robustlr.lowrank.optim import CondLR, QRProjectedSGD
+
+__all__ = [
+    "CompressionReport",
+    "CondLR",
+    "FactoredLayer",
+    "FactorizedConv2d",
+    "FactorizedLinear",
+    "LayerCompression",
+    "LowRankConv2d",
+    "LowRankLayer",
+    "LowRankLinear",
+    "QRProjectedSGD",
+    "compression_report",
+    "condition_projection",
+    "qr_retraction",
+    "tangent_projection",
+    "to_lowrank",
+]

@@ -1,0 +1,159 @@
+"""Manifold operations of CondLR: QR retraction, tangent projection and projections of the core S.
+
+CondLR (Savostianova, Zangrando, Ceruti, Tudisco, "Robust low-rank training via approximate orthonormal
+constraints", NeurIPS 2023, arXiv 2306.01485) keeps every weight as ``W = U S Vᵀ`` with ``U``, ``V`` on
+Stiefel manifolds (orthonormal columns) and the core ``S`` in the set of well-conditioned matrices
+``{S : κ(S) ≤ 1 + τ}``. After every optimiser step the factors are pulled back onto these sets by the
+functions of this module.
+
+Every function works on batches: the matrices are the last two dimensions and any leading dimensions are
+batch dimensions. The linear algebra runs in float64 for float64 inputs and in float32 otherwise (so
+half-precision parameters are never decomposed in half precision); results are cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "S_PROJECTIONS",
+    "condition_projection",
+    "linalg_dtype",
+    "qr_retraction",
+    "svd",
+    "tangent_projection",
+    "validate_tau",
+]
+
+#: Variants of the τ = 0 projection of S onto ``{s·Q : Q orthogonal}``.
+S_PROJECTIONS = ("polar", "qr")
+
+
+def linalg_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision in which decompositions run: float64 for float64 data, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def validate_tau(tau: float) -> float:
+    """Return ``tau`` as a float if it is a finite number ≥ 0, else raise ValueError naming it."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
+        raise ValueError(f"tau must be a finite number >= 0 (the bound is kappa(S) <= 1 + tau); got {tau!r}")
+    return float(tau)
+
+
+def qr_retraction(x: Tensor) -> Tensor:
+    """Orthonormal factor of the thin QR decomposition ``x = Q R``, with signs fixed so that ``diag(R) > 0``.
+
+    For ``x`` of shape ``(..., n, k)`` the result has shape ``(..., n, min(n, k))``. With the sign convention
+    the factor is unique when ``x`` has full column rank, hence ``qr_retraction(Q) = Q`` for any ``Q`` with
+    orthonormal columns: the map is a retraction onto the Stiefel manifold. Columns whose ``R`` diagonal is
+    exactly zero keep the sign the QR routine chose.
+    """
+    q, r = torch.linalg.qr(x.to(linalg_dtype(x.dtype)), mode="reduced")
+    diagonal = torch.diagonal(r, dim1=-2, dim2=-1)
+    signs = torch.where(diagonal < 0, -1.0, 1.0).to(q.dtype)
+    return (q * signs.unsqueeze(-2)).to(x.dtype)
+
+
+def svd(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD ``x = P diag(σ) Qᴴ`` (σ descending) that does not give up on clustered singular values.
+
+    ``torch.linalg.svd`` (LAPACK ``gesdd``) can fail to converge on matrices with many (nearly) repeated
+    singular values, which the spectral clamp of CondLR produces by design (everything clipped to the band's
+    edges); observed with MKL on CPU. On that error the SVD is recomputed in float64 from the symmetric
+    eigendecomposition ``xᵀx = Q Λ Qᵀ`` (``σ = √λ``) and ``P = qf(x Q)``, whose columns ``x q_i = σ_i p_i``
+    are orthogonal (for ``σ_i = 0`` the QR completes the basis). Singular values below ``√eps·σ_max`` lose
+    relative accuracy there, which does not matter for the well-conditioned cores this is used on.
+    Works on batches; the result has the input's dtype.
+    """
+    try:
+        return torch.linalg.svd(x, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        wide = x.shape[-2] < x.shape[-1]
+        tall = (x.mT if wide else x).to(torch.float64)
+        eigenvalues, q = torch.linalg.eigh(tall.mT @ tall)
+        sigma = eigenvalues.flip(-1).clamp(min=0).sqrt()
+        q = q.flip(-1)
+        p = qr_retraction(tall @ q)
+        p, sigma, q = (t.to(x.dtype) for t in (p, sigma, q))
+        return (q, sigma, p.mT) if wide else (p, sigma, q.mT)
+
+
+def tangent_projection(u: Tensor, g: Tensor) -> Tensor:
+    """Component of ``g`` orthogonal to the column span of ``u``: ``(I − U Uᵀ) G``.
+
+    ``u`` has orthonormal columns, shape ``(..., n, r)``; ``g`` has shape ``(..., n, k)``. Applied to a
+    direction for ``U`` this is the CondLR normal-component projection (the Koch–Lubich gauge ``UᵀU̇ = 0``).
+    """
+    return g - u @ (u.mT @ g)
+
+
+def _scaled_orthogonal(s: Tensor, method: str) -> tuple[Tensor, Tensor]:
+    """τ = 0: ``S ← s·Q`` with ``s² = ‖S‖²_F / r`` and ``Q`` the polar factor (``"polar"``) or the sign-fixed
+    QR factor (``"qr"``, the reference code's choice) of ``S``. Returns the matrix and its singular values."""
+    r = s.shape[-1]
+    scale = torch.linalg.matrix_norm(s).div(math.sqrt(r))
+    if method == "polar":
+        p, _, qh = svd(s)
+        orthogonal = p @ qh
+    else:
+        orthogonal = qr_retraction(s)
+    singular_values = scale.unsqueeze(-1).expand(*s.shape[:-2], r)
+    return scale[..., None, None] * orthogonal, singular_values
+
+
+def _clamped_spectrum(s: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """τ > 0: clamp the singular values of ``S`` into a band ``[ℓ, (1 + τ)ℓ]``.
+
+    With ``S = P diag(σ) Qᵀ`` and ``μ = mean(σ)``, the reference band has ``ℓ_ref = μ − e`` with
+    ``e = μ τ / (2 + τ)``, so that ``(μ + e)/(μ − e) = 1 + τ``. The band actually used has
+    ``ℓ = clip(ℓ_ref, min(a, b), max(a, b))`` where ``a = σ_min`` and ``b = σ_max / (1 + τ)``:
+
+    * if ``κ(S) ≤ 1 + τ`` (``b ≤ a``) every admissible band contains the whole spectrum, so ``S`` is
+      returned unchanged (bit for bit);
+    * otherwise ``ℓ = ℓ_ref`` whenever the reference band clips both ends of the spectrum, and the band is
+      shifted to the nearest one that does when the reference band would clip only one end needlessly.
+
+    The map gives ``κ ≤ 1 + τ``, is idempotent and is continuous on nonsingular ``S`` (at the feasibility
+    boundary the band is ``[σ_min, σ_max]`` and the clamp is the identity). Returns the matrix and its
+    singular values (in descending order).
+    """
+    p, sigma, qh = svd(s)
+    mean = sigma.mean(dim=-1, keepdim=True)
+    reference_low = 2.0 * mean / (2.0 + tau)
+    smallest = sigma[..., -1:]
+    largest_over = sigma[..., :1] / (1.0 + tau)
+    low = torch.clamp(
+        reference_low, min=torch.minimum(smallest, largest_over), max=torch.maximum(smallest, largest_over)
+    )
+    clamped = torch.clamp(sigma, min=low, max=(1.0 + tau) * low)
+    feasible = largest_over <= smallest
+    projected = (p * clamped.unsqueeze(-2)) @ qh
+    return torch.where(feasible.unsqueeze(-1), s, projected), torch.where(feasible, sigma, clamped)
+
+
+def condition_projection(s: Tensor, tau: float, method: str = "polar") -> tuple[Tensor, Tensor]:
+    """Project the core ``S`` (shape ``(..., r, r)``) onto ``{S : κ(S) ≤ 1 + τ}``.
+
+    * ``τ = 0``: ``S ← s·Q`` with ``s² = ‖S‖²_F / r`` (so ``‖S‖_F`` is kept) and ``Q`` orthogonal: the polar
+      factor ``P Qᵀ`` of ``S = P Σ Qᵀ`` (``method="polar"``, the nearest orthogonal matrix) or the sign-fixed
+      QR factor of ``S`` (``method="qr"``, as in the reference code). All singular values become ``s``.
+    * ``τ > 0``: SVD ``S = P diag(σ) Qᵀ``, clamp ``σ`` into a band ``[ℓ, (1 + τ)ℓ]``, ``S ← P diag(σ_c) Qᵀ``.
+      The band is the reference code's, centred on ``μ = mean(σ)`` (``ℓ = 2μ/(2 + τ)``), shifted minimally
+      when it would clip only one end of the spectrum; matrices with ``κ(S) ≤ 1 + τ`` are returned
+      unchanged (the reference band would move some of them). ``method`` is not used.
+
+    Both maps are idempotent. Returns ``(S_projected, singular values of S_projected)``, the latter in
+    descending order with shape ``(..., r)``; the optimiser uses them for its gradient scale.
+    """
+    tau = validate_tau(tau)
+    if method not in S_PROJECTIONS:
+        raise ValueError(f"method must be one of {S_PROJECTIONS}; got {method!r}")
+    if s.ndim < 2 or s.shape[-1] != s.shape[-2]:
+        raise ValueError(f"S must be a (batch of) square matrices; got shape {tuple(s.shape)}")
+    work = s.to(linalg_dtype(s.dtype))
+    projected, sigma = _scaled_orthogonal(work, method) if tau == 0 else _clamped_spectrum(work, tau)
+    return projected.to(s.dtype), sigma
