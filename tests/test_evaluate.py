@@ -245,8 +245,8 @@ def test_sanity_false_skips_checks(test_data):
         (dict(attacks={"pgd": lambda e: e, "fgsm": at_eps(lambda e: lambda x, y: x)}), "wrap an eps -> attack"),
         (dict(attacks={"bad": at_eps(lambda e: 3)}), r"attacks\['bad'\] built at eps=.* must be a callable"),
         (dict(attacks={"shape": at_eps(lambda e: lambda x, y: x[:1])}), r"attacks\['shape'\] at eps=1 must return"),
-        (dict(batch_size=0), "batch_size must be an int >= 1, got 0"),
-        (dict(n=0), "n must be an int >= 1, got 0"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1; got 0"),
+        (dict(n=0), "n must be an integer >= 1; got 0"),
         (dict(device="nonsense"), "device must be a torch device"),
     ],
 )

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks.base import check_positive_int
 from .attacks.projections import per_sample_norm
+from .checks import check_int
 from .evaluation.data import Data, iter_batches, num_batches
 from .evaluation.result import (
     AttackResult,
@@ -82,9 +82,9 @@ def evaluate(
             ``atk(x, y)``, a bad ``eps_grid``, ``batch_size`` or ``n`` < 1, an unknown ``device``, or an attack
             returning a tensor of another shape or non-finite values.
     """
-    batch_size = check_positive_int(batch_size, "batch_size")
+    batch_size = check_int("batch_size", batch_size, 1)
     if n is not None:
-        check_positive_int(n, "n")
+        check_int("n", n, 1)
     runs = build_runs(attacks, eps_grid)
     target = _resolve_device(model, device)
     batches, total = iter_batches(data, batch_size, n)

@@ -23,28 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int, check_number
 from .projections import check_norm
 
-__all__ = ["Attack", "LOSSES", "check_positive_int", "check_nonnegative"]
+__all__ = ["Attack", "LOSSES"]
 
 LOSSES = ("ce", "margin")
 """Attack objectives: cross-entropy, or the CW-style logit margin."""
 
 _RANGE_TOL = 1e-6
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """Return ``value`` if it is an int ≥ 1, else raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def check_nonnegative(value: object, name: str) -> float:
-    """Return ``value`` as float if it is finite and ≥ 0, else raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 class Attack(ABC):
@@ -77,12 +64,12 @@ class Attack(ABC):
         if not callable(model):
             raise ValueError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
         self.model = model
-        self.eps = check_nonnegative(eps, "eps")
+        self.eps = check_number("eps", eps)
         self.norm = check_norm(norm)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
-        self.restarts = check_positive_int(restarts, "restarts")
+        self.restarts = check_int("restarts", restarts, 1)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.seed = secrets.randbits(63) if seed is None else seed

@@ -32,7 +32,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .base import Attack, check_positive_int
+from ..checks import check_int
+from .base import Attack
 from .projections import TINY, channel_svd, check_rank_spec, clip_unit, normalize_per_sample, per_sample_norm, resolve_rank
 
 __all__ = ["LoRaPGD", "INITS"]
@@ -73,7 +74,7 @@ class LoRaPGD(Attack):
     ) -> None:
         super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed)
         self.rank = check_rank_spec(rank)
-        self.steps = check_positive_int(steps, "steps")
+        self.steps = check_int("steps", steps, 1)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.init = init

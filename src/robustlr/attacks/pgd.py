@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .base import Attack, check_positive_int
+from ..checks import check_int
+from .base import Attack
 from .projections import clip_unit, normalize_per_sample, per_sample_norm, project_ball
 
 __all__ = ["PGD", "default_alpha"]
@@ -64,7 +65,7 @@ class PGD(Attack):
         loss: str = "ce",
     ) -> None:
         super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed)
-        self.steps = check_positive_int(steps, "steps")
+        self.steps = check_int("steps", steps, 1)
         if alpha is None:
             alpha = self._default_alpha()
         elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:

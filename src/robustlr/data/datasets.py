@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .catalog import DATASET_NAMES, SPLITS, STORED_DATASETS
-from .checks import check_choice
+from ..checks import check_choice
 from .digits import load_digits
 from .discovery import DatasetNotFoundError, PathLike, download_dir, find_split_files
 from .download import download_dataset

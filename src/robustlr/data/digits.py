@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .catalog import SPLITS
-from .checks import check_choice
+from ..checks import check_choice
 from .image_dataset import ImageDataset
 
 __all__ = ["load_digits"]

@@ -23,7 +23,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from .catalog import REMOTE_FILES, RemoteFile
-from .checks import check_choice, check_number
+from ..checks import check_choice, check_number
 
 __all__ = ["DownloadError", "download_dataset", "download_file", "extract_tar", "file_matches"]
 

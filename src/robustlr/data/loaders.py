@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
 from .augment import RandomCropFlip
-from .checks import check_fraction, check_int
+from ..checks import check_fraction, check_int
 from .image_dataset import ImageDataset
 
 __all__ = ["make_loader", "train_val_split"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .catalog import SPLITS
-from .checks import check_choice, check_int, check_number
+from ..checks import check_choice, check_int, check_number
 from .image_dataset import ImageDataset
 
 __all__ = ["make_synthetic"]

@@ -1,19 +1,7 @@
 """Argument validation shared by the model constructors."""
 
+from ..checks import check_int
 from .activation import check_activation
-
-
-def check_int(name: str, value: object, minimum: int, reason: str = "") -> int:
-    """Return ``value`` if it is an ``int`` (not a ``bool``) of at least ``minimum``.
-
-    Raises:
-        ValueError: naming the argument, the value given and the allowed range;
-            ``reason``, if given, is appended to explain the bound.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        because = f" ({reason})" if reason else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{because}, got {value!r}")
-    return value
 
 
 def check_model_args(

@@ -1,4 +1,4 @@
-"""Argument validation shared by the data modules: every bad input is a ``ValueError`` that names
+"""Argument validation shared by every robustlr module: each bad input is a ``ValueError`` that names
 the argument, the value given and what is allowed."""
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
     return value
 
 
-def check_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` if it is an ``int`` (not a ``bool``) of at least ``minimum``."""
+def check_int(name: str, value: object, minimum: int, reason: str = "") -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) of at least ``minimum``; ``reason``, if given,
+    is added to the error to explain the bound."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        because = f" ({reason})" if reason else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{because}; got {value!r}")
     return value
 
 
