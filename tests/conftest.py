@@ -10,6 +10,10 @@ from torch import nn
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
+# One CPU thread: the suite's tensors are small, and on a loaded 2-core machine two OpenMP threads per
+# process oversubscribe the cores and slow small operations by an order of magnitude.
+torch.set_num_threads(1)
+
 
 def small_cnn(in_channels: int = 1, num_classes: int = 10, size: int = 28, seed: int = 0) -> nn.Module:
     """A small CNN (conv-pool-conv-pool-fc) with LeakyReLU, initialised from ``seed``."""
