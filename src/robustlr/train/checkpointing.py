@@ -1,0 +1,178 @@
+"""Files of a training run: the resumable state (``resume.pt``), the weights (``best.pt``, ``last.pt``) and
+rebuilding a trained model from its checkpoint.
+
+``resume.pt`` holds everything an exact continuation needs: the config, the model, optimiser (CondLR state
+included) and scheduler state dicts, the global torch RNG state (dropout; CUDA states too when CUDA is
+available), the loop counters (completed epochs, batches done in the current epoch and that epoch's running
+sums), the best validation accuracy so far and the metrics history. The data order needs no state: every
+epoch draws it from a generator seeded by ``(seed, epoch)``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from robustlr.models import save_checkpoint, sidecar_path
+from robustlr.report import atomic_write_bytes
+
+from .config import TrainConfig
+from .methods import build_model
+from .metrics_log import json_ready
+from .step import Tally
+
+__all__ = ["RESUME_FORMAT", "RunPaths", "TrainState", "load_trained", "read_resume", "restore", "save_resume",
+           "save_weights"]
+
+RESUME_FORMAT = 1
+"""Version of the ``resume.pt`` layout."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run in directory ``out`` keeps its files."""
+
+    out: Path
+
+    @property
+    def config(self) -> Path:
+        return self.out / "config.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.out / "metrics.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.out / "metrics.json"
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def resume(self) -> Path:
+        return self.out / "resume.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+    def evaluation(self, which: str) -> Path:
+        """Report directory of the final evaluation of the ``"last"`` or ``"best"`` model."""
+        return self.out / f"eval-{which}"
+
+
+@dataclass
+class TrainState:
+    """Progress of the training loop: ``epoch`` epochs completed, then ``batch`` batches of the next one
+    (summed in ``tally``); the best validation accuracy so far (``-inf`` before the first epoch)."""
+
+    epoch: int = 0
+    batch: int = 0
+    tally: Tally = field(default_factory=Tally)
+    best_epoch: int = 0
+    best_val_accuracy: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_resume(
+    path: Path, config: TrainConfig, model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler, state: TrainState
+) -> None:
+    """Write the resumable state of the run to ``path`` atomically (call it at a batch or epoch boundary)."""
+    progress = asdict(state)
+    payload = {
+        "format": RESUME_FORMAT,
+        "config": config.to_dict(),
+        "progress": progress,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_resume(path: Path) -> dict[str, Any]:
+    """The payload of a ``resume.pt`` (tensors on the CPU).
+
+    Raises:
+        ValueError: if the file is missing, unreadable or of another format.
+    """
+    if not path.is_file():
+        raise ValueError(f"resume: {str(path)!r} does not exist, so there is no run to resume in {str(path.parent)!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged file
+        raise ValueError(f"resume: {str(path)!r} could not be read as a resume state: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"resume: {str(path)!r} must be a resume state of format {RESUME_FORMAT}; got {found!r}")
+    return payload
+
+
+def restore(payload: dict[str, Any], model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler) -> TrainState:
+    """Load a :func:`read_resume` payload into freshly built objects, set the RNG states, return the progress."""
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    _set_rng_state(payload["rng"])
+    progress = dict(payload["progress"])
+    progress["tally"] = Tally(**progress["tally"])
+    return TrainState(**progress)
+
+
+def save_weights(path: Path, model: nn.Module, config: TrainConfig, record: dict[str, Any]) -> None:
+    """Write ``model``'s state dict and its sidecar (``train_config``, ``epoch``, ``metrics``) atomically."""
+    meta = {"train_config": config.to_dict(), "epoch": record["epoch"], "metrics": json_ready(record)}
+    save_checkpoint(path, model, meta)
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a ``best.pt`` / ``last.pt`` written by :func:`~robustlr.train.train` (low-rank
+    structure included) and load its weights; returns ``(model in eval mode, sidecar)``.
+
+    Raises:
+        ValueError: if the file or its sidecar is missing, or the sidecar was not written by training.
+    """
+    path = Path(path)
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        raise ValueError(f"path must be a checkpoint written by robustlr train, with its sidecar {sidecar.name}; "
+                         f"got {str(path)!r}")
+    meta = json.loads(sidecar.read_text())
+    if "train_config" not in meta or not meta.get("model_args"):
+        raise ValueError(f"path must be a checkpoint written by robustlr train; {str(sidecar)!r} has no train_config")
+    model = build_model(TrainConfig.from_dict(meta["train_config"]), meta["model_args"])
+    # robustlr.models.load_checkpoint refuses the low-rank layers' extra state (their rank, a dict), so the
+    # state dict is loaded here; load_state_dict checks every key and shape.
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.to(device).eval(), meta

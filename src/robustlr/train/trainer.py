@@ -1,0 +1,335 @@
+"""``train``: a full training run with per-epoch metrics, best/last checkpoints, exact resume, graceful stops
+and the final robustness evaluation of both the last and the best model.
+
+Files in ``config.out``: ``config.json``, ``metrics.csv``, ``metrics.json``, ``last.pt`` and ``best.pt``
+(state dicts with JSON sidecars; rebuild with :func:`~robustlr.train.load_trained`), ``resume.pt``,
+``eval-last/`` and ``eval-best/`` (evaluation reports) and ``summary.json``.
+
+Reproducibility: the model is initialised after ``torch.manual_seed(seed)``, the validation split is seeded
+with ``seed``, epoch ``e`` shuffles (and augments) with a generator seeded by ``seed · 1000003 + e``, and
+``resume.pt`` stores every other piece of state (see :mod:`robustlr.train.checkpointing`), so a run resumed
+after a crash ends with the same weights, bit for bit on the CPU, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustlr.data import ImageDataset, load_dataset, make_loader, train_val_split
+from robustlr.evaluate import EvaluationResult
+from robustlr.lowrank import compression_report
+from robustlr.report import atomic_write_text
+
+from .checkpointing import RunPaths, TrainState, read_resume, restore, save_resume, save_weights
+from .config import RESUME_MAY_DIFFER, TrainConfig, config_differences
+from .final_eval import evaluate_trained, evaluation_summary
+from .methods import build_model, build_optimizer, build_scheduler, model_args_for
+from .metrics_log import json_ready, model_diagnostics, write_metrics
+from .signals import StopSignals, TrainingInterrupted, signal_name
+from .step import BatchTransform, NonFiniteLossError, Tally, evaluate_batches, identity, train_step
+
+__all__ = ["TrainResult", "epoch_seed", "train"]
+
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the data order (and augmentation) of ``epoch``: distinct for every ``(seed, epoch)`` pair."""
+    return seed * _EPOCH_SEED_STRIDE + epoch
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        config: the run's settings.
+        paths: the run's files.
+        history: one metrics record per epoch (see :mod:`robustlr.train.metrics_log`).
+        best_epoch, best_val_accuracy: the epoch of ``best.pt`` and its validation accuracy.
+        evaluation: the final evaluations, ``{"last": ..., "best": ...}``.
+        summary: the content of ``summary.json``.
+        model: the last model, in eval mode.
+    """
+
+    config: TrainConfig
+    paths: RunPaths
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_accuracy: float
+    evaluation: dict[str, EvaluationResult]
+    summary: dict[str, Any]
+    model: nn.Module
+
+    @property
+    def final_metrics(self) -> dict[str, Any]:
+        """The last epoch's metrics record."""
+        return self.history[-1]
+
+
+@dataclass(frozen=True)
+class _Splits:
+    train: ImageDataset
+    val: ImageDataset
+    test: ImageDataset
+
+
+def _load_splits(config: TrainConfig) -> _Splits:
+    """Training subset split into train/validation (seeded), and the test split."""
+    full = load_dataset(config.data, "train", root=config.data_root, download=config.download)
+    if config.train_subset is not None:
+        if config.train_subset > len(full):
+            raise ValueError(f"train_subset must be an int in [2, {len(full)}] (the size of {config.data}'s training "
+                             f"split) or None; got {config.train_subset}")
+        full = full.subset(range(config.train_subset))
+    train, val = train_val_split(full, config.val_fraction, seed=config.seed)
+    if len(val) == 0:
+        raise ValueError(f"val_fraction = {config.val_fraction:g} leaves no validation image out of {len(full)}; "
+                         f"allowed: a fraction in (0, 1) with val_fraction · {len(full)} >= 1")
+    test = load_dataset(config.data, "test", root=config.data_root, download=config.download)
+    return _Splits(train, val, test)
+
+
+def _device(config: TrainConfig) -> torch.device:
+    try:
+        device = torch.device(config.device)
+    except RuntimeError:
+        raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1; got {config.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device must be one this machine has (cpu; CUDA is not available); got {config.device!r}")
+    return device
+
+
+class _Run:
+    """The objects of one run and the steps of the loop."""
+
+    def __init__(self, config: TrainConfig, progress: bool, batch_transform: BatchTransform) -> None:
+        self.config = config
+        self.progress = progress
+        self.batch_transform = batch_transform
+        self.paths = RunPaths(Path(config.out))
+        self.device = _device(config)
+        self.data = _load_splits(config)
+        self.model_args = model_args_for(config, self.data.train)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, self.model_args).to(self.device)
+        self.optimizer = build_optimizer(config, self.model)
+        self.scheduler = build_scheduler(config, self.optimizer)
+        self.state = TrainState()
+
+    # ----------------------------------------------------------------------------------------- start / resume
+    def start(self) -> None:
+        """Claim ``out`` for a new run: refuse a directory that holds one, write ``config.json`` and the
+        initial resumable state."""
+        if self.paths.config.exists() or self.paths.resume.exists():
+            raise ValueError(f"out {str(self.paths.out)!r} already holds a training run (config.json); pass "
+                             "resume=True (--resume) to continue it, or choose another out directory")
+        self._write_config()
+        self._save_resume()
+
+    def resume(self) -> None:
+        """Load ``resume.pt`` after checking that the configuration matches the stored one."""
+        payload = read_resume(self.paths.resume)
+        stored = TrainConfig.from_dict(payload["config"])
+        differences = config_differences(stored, self.config)
+        if differences:
+            listed = "; ".join(f"{key} (stored {old!r}, given {new!r})" for key, (old, new) in differences.items())
+            raise ValueError(
+                f"resume: the configuration differs from the run in {str(self.paths.out)!r} in {listed}; only "
+                f"{', '.join(RESUME_MAY_DIFFER)} may change on resume: give the stored values, or start a new run "
+                "in another out directory"
+            )
+        completed = payload["progress"]["epoch"]
+        if self.config.epochs < completed:
+            raise ValueError(f"epochs must be >= {completed}, the epochs already completed in "
+                             f"{str(self.paths.out)!r}, to resume; got {self.config.epochs}")
+        self.state = restore(payload, self.model, self.optimizer, self.scheduler)
+        self._write_config()
+
+    def _write_config(self) -> None:
+        atomic_write_text(self.paths.config, json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    def _save_resume(self) -> None:
+        save_resume(self.paths.resume, self.config, self.model, self.optimizer, self.scheduler, self.state)
+
+    # ------------------------------------------------------------------------------------------------ epochs
+    def run_epochs(self, stop: StopSignals) -> None:
+        for epoch in range(self.state.epoch + 1, self.config.epochs + 1):
+            self._train_batches(epoch, stop)
+            self._finish_epoch(epoch)
+            if stop.signum is not None:
+                self._interrupt(stop.signum, f"after epoch {epoch}")
+
+    def _train_batches(self, epoch: int, stop: StopSignals) -> None:
+        config, state = self.config, self.state
+        loader = make_loader(self.data.train, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
+                             augment=config.augment)
+        with tqdm(total=len(loader), initial=state.batch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                  leave=False, disable=not self.progress) as bar:
+            for index, (x, y) in enumerate(loader):
+                if index < state.batch:  # done before the interruption; fetched anyway to replay the augmentation
+                    continue
+                tic = time.perf_counter()
+                try:
+                    step = train_step(self.model, self.optimizer, x.to(self.device), y.to(self.device),
+                                      self.batch_transform)
+                except NonFiniteLossError as error:
+                    raise self._diverged(f"{error} in epoch {epoch}, batch {index + 1}") from None
+                state.tally.add(step)
+                state.tally.seconds += time.perf_counter() - tic
+                state.batch = index + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{state.tally.loss:.4f}", acc=f"{state.tally.accuracy:.4f}", refresh=False)
+                if stop.signum is not None:
+                    self._interrupt(stop.signum, f"in epoch {epoch} after batch {state.batch} of {len(loader)}")
+
+    def _finish_epoch(self, epoch: int) -> None:
+        """Validate, log, and checkpoint (best, last, metrics, then the resumable state)."""
+        tic = time.perf_counter()
+        state = self.state
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        val = evaluate_batches(self.model, make_loader(self.data.val, self.config.eval_batch_size), self.device)
+        if not math.isfinite(val.loss):
+            raise self._diverged(f"the validation loss is not finite ({val.loss}) after epoch {epoch}")
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": state.tally.loss,
+            "train_accuracy": state.tally.accuracy,
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
+            **model_diagnostics(self.model, self.config.method),
+        }
+        record["seconds"] = state.tally.seconds + time.perf_counter() - tic
+        state.history.append(record)
+        state.epoch, state.batch, state.tally = epoch, 0, Tally()
+        if val.accuracy > state.best_val_accuracy:
+            state.best_epoch, state.best_val_accuracy = epoch, val.accuracy
+            save_weights(self.paths.best, self.model, self.config, record)
+        save_weights(self.paths.last, self.model, self.config, record)
+        write_metrics(self.paths.metrics_csv, self.paths.metrics_json, state.history, state.best_epoch,
+                      state.best_val_accuracy)
+        self._save_resume()
+        if self.progress:
+            tqdm.write(
+                f"epoch {epoch}/{self.config.epochs}: train loss {record['train_loss']:.4f} acc "
+                f"{record['train_accuracy']:.4f} | val loss {val.loss:.4f} acc {val.accuracy:.4f} | kappa max "
+                f"{record['kappa_max']:.4g} | lr {lr:g} | {record['seconds']:.1f} s"
+            )
+
+    def _interrupt(self, signum: int, where: str) -> None:
+        self._save_resume()
+        raise TrainingInterrupted(
+            signum,
+            f"training stopped by {signal_name(signum)} {where}; the resumable state is saved in "
+            f"{str(self.paths.resume)!r}: run the same command with --resume to continue",
+        )
+
+    def _diverged(self, detail: str) -> NonFiniteLossError:
+        state = self.state
+        if state.epoch:
+            kept = (f"the last good checkpoint (epoch {state.epoch}) is kept in {str(self.paths.last)!r} and "
+                    f"{str(self.paths.resume)!r}")
+        else:
+            kept = f"no epoch was completed; {str(self.paths.resume)!r} holds the initial state"
+        lr = self.optimizer.param_groups[0]["lr"]
+        return NonFiniteLossError(
+            f"{detail}: training stopped; {kept}. The step size is probably too large: lr = {self.config.lr:g} "
+            f"(now {lr:g}); allowed: a finite lr > 0 small enough to keep the loss finite"
+        )
+
+    # ------------------------------------------------------------------------------------ final evaluation
+    def final_evaluation(self, stop: StopSignals) -> TrainResult:
+        """Evaluate the last and the best model (each attacked with attacks built on itself), write summary.json."""
+        config, state, paths = self.config, self.state, self.paths
+
+        def interrupted(signum: int) -> TrainingInterrupted:
+            return TrainingInterrupted(
+                signum,
+                f"evaluation stopped by {signal_name(signum)}; training is complete and saved in "
+                f"{str(paths.out)!r}: run the same command with --resume to redo the final evaluation",
+            )
+
+        best_model = copy.deepcopy(self.model)
+        best_model.load_state_dict(torch.load(paths.best, map_location=self.device, weights_only=True))
+        models = {"last": (self.model, state.epoch), "best": (best_model, state.best_epoch)}
+        evaluations: dict[str, EvaluationResult] = {}
+        with stop.immediate(interrupted):
+            for which, (model, epoch) in models.items():
+                evaluations[which] = evaluate_trained(
+                    model.eval(), self.data.test, config, paths.evaluation(which),
+                    title=f"robustlr train: {which} model (epoch {epoch}), {config.method} {config.model} on "
+                          f"{config.data}",
+                    extra={"train_config": config.to_dict(), "checkpoint": f"{which}.pt", "epoch": epoch},
+                    progress=self.progress,
+                )
+        compression = compression_report(self.model, input_shape=self.data.train.image_shape)
+        summary = json_ready({
+            "config": config.to_dict(),
+            "epochs_completed": state.epoch,
+            "best_epoch": state.best_epoch,
+            "best_val_accuracy": state.best_val_accuracy,
+            "final_metrics": state.history[-1],
+            "compression": {
+                "rank_reduction": compression.rank_reduction,
+                "param_reduction": compression.param_reduction,
+                "model_param_reduction": compression.model_param_reduction,
+                "layers": compression.to_rows(),
+            },
+            "evaluation": {
+                which: {"checkpoint": f"{which}.pt", "epoch": epoch, "report": paths.evaluation(which).name,
+                        **evaluation_summary(evaluations[which])}
+                for which, (_, epoch) in models.items()
+            },
+        })
+        atomic_write_text(paths.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        return TrainResult(config, paths, state.history, state.best_epoch, state.best_val_accuracy, evaluations,
+                           summary, self.model.eval())
+
+
+def train(
+    config: TrainConfig,
+    progress: bool = True,
+    *,
+    resume: bool = False,
+    batch_transform: BatchTransform = identity,
+) -> TrainResult:
+    """Train ``config.method`` on ``config.data`` into ``config.out``, then evaluate the last and best models.
+
+    Args:
+        config: the run's settings.
+        progress: show a tqdm bar over the batches of each epoch and a line per epoch.
+        resume: continue the run in ``config.out`` from its ``resume.pt`` (its configuration must match,
+            except for the keys in :data:`~robustlr.train.config.RESUME_MAY_DIFFER`); without it ``config.out``
+            must not hold a run.
+        batch_transform: ``(model, x, y) -> (x, y)`` applied to every training batch before the update
+            (identity by default; the hook for adversarial training).
+
+    SIGINT and SIGTERM stop the run at the next batch boundary after saving ``resume.pt``.
+
+    Raises:
+        ValueError: for a bad setting (naming it, its value and what is allowed), a rank that does not fit the
+            model, an ``out`` that already holds a run (without ``resume``) or a resume with another
+            configuration (listing the keys); :class:`~robustlr.train.step.NonFiniteLossError` (a ValueError)
+            when the loss becomes NaN or infinite, keeping the last good checkpoint.
+        TrainingInterrupted: after SIGINT/SIGTERM, once the resumable state is saved.
+    """
+    run = _Run(config, progress, batch_transform)
+    if resume:
+        run.resume()
+    else:
+        run.start()
+    with StopSignals() as stop:
+        run.run_epochs(stop)
+        return run.final_evaluation(stop)
