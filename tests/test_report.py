@@ -116,12 +116,19 @@ def test_spectrum_and_energy_figures(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.png", "shift.png"]
 
 
+def test_spectrum_shift_draws_undefined_indices(tmp_path):
+    """NaN marks an index with no defined shift (σ_j = 0 in every clean image): drawn, not refused."""
+    path = plot_spectrum_shift([0.5, float("nan"), 0.5], tmp_path / "s.png", "t")
+    assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 1024
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
         (lambda d: plot_spectrum_shift([], d / "a.png", "t"), "p must be a non-empty 1-D array"),
         (lambda d: plot_spectrum_shift([[1.0, 2.0]], d / "a.png", "t"), "p must be a non-empty 1-D array"),
-        (lambda d: plot_spectrum_shift([1.0, float("nan")], d / "a.png", "t"), "p must be a non-empty 1-D"),
+        (lambda d: plot_spectrum_shift([1.0, float("inf")], d / "a.png", "t"), "p must be a non-empty 1-D"),
+        (lambda d: plot_spectrum_shift([float("nan")] * 3, d / "a.png", "t"), "p must be a non-empty 1-D"),
         (lambda d: plot_spectrum_shift([1.0], d / "a.pdf", "t"), "out_path must name a .png file"),
         (lambda d: plot_energy_curves({}, d / "a.png"), "curves must be a non-empty mapping"),
         (lambda d: plot_energy_curves({"pgd": ["x"]}, d / "a.png"), r"curves\['pgd'\] must be a 1-D array"),

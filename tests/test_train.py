@@ -149,3 +149,17 @@ def test_two_epochs_of_condlr_on_lenet5_reach_75_percent_with_bounded_conditioni
         assert max(record["kappa"].values()) <= 1 + TAU + 1e-5
         assert record["kappa_max"] <= 1 + TAU + 1e-5
         assert record["orth_error_max"] < 1e-5
+
+
+@pytest.mark.parametrize("method", ["condlr", "lowrank"])
+def test_trained_low_rank_checkpoint_evaluates_through_the_cli(method, fmnist, tmp_path):
+    """`robustlr evaluate --checkpoint best.pt` rebuilds the low-rank structure from the sidecar."""
+    out = tmp_path / method
+    assert main(["train", "--method", method, *SMALL, "--out", str(out)]) == 0
+    report = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--n", "16", "--attack", "fgsm", "--eps", "0.1",
+                 "--out", str(report), "--no-progress"]) == 0
+    result = json.loads((report / "result.json").read_text())["result"]
+    trained = json.loads((out / "summary.json").read_text())
+    assert result["n"] == 16 and 0 <= result["clean_accuracy"] <= 1
+    assert trained  # the run's own summary exists next to the checkpoint

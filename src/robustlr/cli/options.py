@@ -136,12 +136,12 @@ def apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
     else:
         target = parser
     known = {a.dest for a in target._actions}
+    listed = {a.dest for a in target._actions if a.nargs in ("+", "*")}
     values = {}
     for key, value in config.items():
         dest = key.replace("-", "_")
         if dest not in known or dest in ("config", "help"):
             raise CliError(f"--config {path}: unknown key {key!r}; allowed: {', '.join(sorted(known - {'help', 'config'}))}")
-        listed = dest in ("eps", "eps_linf", "eps_l2", "rank", "milestones")
-        values[dest] = (value if isinstance(value, list) else [value]) if listed else value
+        values[dest] = (value if isinstance(value, list) else [value]) if dest in listed else value
     target.set_defaults(**values)
     return parser.parse_args(argv)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 
 import torch
 from torch import nn
 
 from ..data import ImageDataset, load_dataset
-from ..models import create, load_checkpoint, load_model_file
+from ..models import create, load_checkpoint, load_model_file, sidecar_path
+from ..train import load_trained
 from .options import CliError
 
 __all__ = ["load_data", "load_model"]
@@ -34,8 +36,7 @@ def load_model(args: argparse.Namespace, data: ImageDataset) -> nn.Module:
     elif args.model:
         model = create(args.model, num_classes=data.num_classes, in_channels=c, image_size=h)
     elif args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint)
-        return model.to(args.device).eval()
+        return _from_checkpoint(args.checkpoint).to(args.device).eval()
     else:
         raise CliError("name a model: --checkpoint PATH (saved by robustlr train), --model NAME or --model-file PATH.py:FACTORY")
     if args.checkpoint:
@@ -43,6 +44,15 @@ def load_model(args: argparse.Namespace, data: ImageDataset) -> nn.Module:
     else:
         warnings.warn("no --checkpoint given: the model has random weights", stacklevel=2)
     return model.to(args.device).eval()
+
+
+def _from_checkpoint(path: str) -> nn.Module:
+    """Rebuild a model from a robustlr checkpoint alone: one written by ``robustlr train`` (low-rank
+    structure included) or by ``save_checkpoint`` for a model of the zoo."""
+    sidecar = sidecar_path(path)
+    if sidecar.is_file() and "train_config" in json.loads(sidecar.read_text()):
+        return load_trained(path)[0]
+    return load_checkpoint(path)[0]
 
 
 def device_of(args: argparse.Namespace) -> torch.device:

@@ -12,20 +12,21 @@ Both are written atomically (temporary file in the same directory, then
 :func:`os.replace`), so readers never see a half-written file.
 """
 
+import io
 import json
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 import robustlr
 
+from ..files import atomic_write_bytes, atomic_write_text
 from .registry import create, creation_args
 
 _SHOWN_KEYS = 5  # offending keys listed in error messages
@@ -37,20 +38,6 @@ def sidecar_path(path: PathLike) -> Path:
     """The JSON sidecar of the checkpoint at ``path``: ``<path>.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(
@@ -94,8 +81,10 @@ def save_checkpoint(
     except (TypeError, ValueError) as error:
         raise ValueError(f"meta must be JSON-serializable: {error}") from None
     state = model.state_dict()
-    _atomic_write(Path(path), lambda file: torch.save(state, file))
-    _atomic_write(sidecar_path(path), lambda file: file.write(text.encode()))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_text(sidecar_path(path), text)
     return sidecar
 
 
@@ -135,7 +124,7 @@ def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     bad = [
         key
         for key, value in state.items()
-        if not (isinstance(key, str) and isinstance(value, torch.Tensor))
+        if not (isinstance(key, str) and (isinstance(value, torch.Tensor) or key.endswith("_extra_state")))
     ]
     if bad:
         raise ValueError(
@@ -152,7 +141,7 @@ def _check_match(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor]
     mismatched = [
         f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
         for key in expected
-        if key in state and state[key].shape != expected[key].shape
+        if key in state and isinstance(state[key], torch.Tensor) and state[key].shape != expected[key].shape
     ]
     found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
     problems = [

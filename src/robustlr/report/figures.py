@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..evaluation.specs import GRID
-from .files import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from ..evaluation.result import EvaluationResult

@@ -15,7 +15,7 @@ import torch
 from .. import __version__
 from ..evaluation.result import EvaluationResult
 from .figures import plot_robust_accuracy
-from .files import atomic_write_text
+from ..files import atomic_write_text
 from .tables import format_cell, markdown_table
 
 __all__ = ["write_report", "FILES", "CSV_COLUMNS", "SUMMARY_COLUMNS"]

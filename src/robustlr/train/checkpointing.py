@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from robustlr.models import save_checkpoint, sidecar_path
+from robustlr.models import load_checkpoint, save_checkpoint, sidecar_path
 from robustlr.report import atomic_write_bytes
 
 from .config import TrainConfig
@@ -172,7 +172,5 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     if "train_config" not in meta or not meta.get("model_args"):
         raise ValueError(f"path must be a checkpoint written by robustlr train; {str(sidecar)!r} has no train_config")
     model = build_model(TrainConfig.from_dict(meta["train_config"]), meta["model_args"])
-    # robustlr.models.load_checkpoint refuses the low-rank layers' extra state (their rank, a dict), so the
-    # state dict is loaded here; load_state_dict checks every key and shape.
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model, meta = load_checkpoint(path, model)
     return model.to(device).eval(), meta

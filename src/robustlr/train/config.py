@@ -86,13 +86,11 @@ def _single_rank(value: object, name: str) -> int | float:
 
 def parse_rank(value: object) -> RankSpec:
     """Validate a rank specification: ``5``, ``0.2``, ``{"features.0": 4}``, or text ``"0.2"``, ``"5"``,
-    ``"features.0=4,classifier.1=0.5"``. A one-element list (what ``--config`` gives) is unwrapped.
+    ``"features.0=4,classifier.1=0.5"``.
 
     Whether an int fits a layer (``≤ min(n, m)``) and whether the names exist is checked when the model is
     converted (:func:`robustlr.lowrank.to_lowrank`).
     """
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
     if isinstance(value, str) and "=" in value:
         pairs = [part.partition("=") for part in value.replace(" ", ",").split(",") if part]
         if not all(equals for _, equals, _ in pairs):
