@@ -9,12 +9,12 @@ import argparse
 import sys
 
 from .. import __version__
-from . import demo_cmd, evaluate_cmd, spectrum_cmd, train_cmd
+from . import demo_cmd, evaluate_cmd, reproduce_cmd, results_cmd, spectrum_cmd, train_cmd
 from .options import apply_config
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = (demo_cmd, evaluate_cmd, spectrum_cmd, train_cmd)
+_COMMANDS = (demo_cmd, evaluate_cmd, spectrum_cmd, train_cmd, reproduce_cmd, results_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

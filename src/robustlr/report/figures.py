@@ -4,7 +4,8 @@
   appears as several attacks, e.g. ``lora-pgd r=3``), the per-ε worst case, the clean accuracy as reference;
 * :func:`plot_spectrum_shift` — the LoRa-PGD paper's bar chart of the normalised relative shift ``p_j`` of
   the singular values over the index ``j``;
-* :func:`plot_energy_curves` — the energy fraction ``E_r`` of the top ``r`` singular values vs ``r``.
+* :func:`plot_energy_curves` — the energy fraction ``E_r`` of the top ``r`` singular values vs ``r``;
+* :func:`plot_lines` — any family of named curves ``y(x)`` (e.g. robust accuracy vs ε per trained model).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..files import atomic_write_bytes
 if TYPE_CHECKING:
     from ..evaluation.result import EvaluationResult
 
-__all__ = ["plot_robust_accuracy", "plot_spectrum_shift", "plot_energy_curves"]
+__all__ = ["plot_robust_accuracy", "plot_spectrum_shift", "plot_energy_curves", "plot_lines"]
 
 ArrayLike = Sequence[float] | np.ndarray | torch.Tensor
 
@@ -88,11 +89,29 @@ def plot_energy_curves(
     """
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError(f"curves must be a non-empty mapping name -> energy fractions over r, got {curves!r}")
-    fig, ax = _figure()
+    lines = {}
     for name, curve in curves.items():
         values = _vector(curve, f"curves[{name!r}]")
-        ax.plot(np.arange(1, values.size + 1), values, marker="o", label=str(name))
-    ax.set(xlabel="rank r", ylabel="energy fraction $E_r$", title=title, ylim=(-0.02, 1.02))
+        lines[name] = (np.arange(1, values.size + 1), values)
+    return plot_lines(lines, out_path, xlabel="rank r", ylabel="energy fraction $E_r$", title=title)
+
+
+def plot_lines(
+    lines: Mapping[str, tuple[ArrayLike, ArrayLike]], out_path: str | os.PathLike, *, xlabel: str, ylabel: str,
+    title: str, unit_interval: bool = True,
+) -> Path:
+    """One line with markers per ``name -> (x, y)``; ``unit_interval`` fixes the y axis to [0, 1]."""
+    if not isinstance(lines, Mapping) or not lines:
+        raise ValueError(f"lines must be a non-empty mapping name -> (x, y), got {lines!r}")
+    fig, ax = _figure()
+    for name, (xs, ys) in lines.items():
+        x, y = _vector(xs, f"lines[{name!r}] x"), _vector(ys, f"lines[{name!r}] y")
+        if x.size != y.size:
+            raise ValueError(f"lines[{name!r}] must have x and y of equal length, got {x.size} and {y.size}")
+        ax.plot(x, y, marker="o", label=str(name))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if unit_interval:
+        ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, out_path)
