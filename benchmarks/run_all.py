@@ -7,6 +7,7 @@ Run:  python benchmarks/run_all.py [--device cuda] [--out docs/benchmarks.md] [-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    load_before = os.getloadavg()[0]
     repeats = 1 if args.quick else 5
     batch = 32 if args.quick else 256
     rows = []
@@ -65,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"{s:58s} {k:34s} {v:8.3f}  {g}" for s, k, v, g in rows]
     print(f"device: {device_name(device)}\n" + "\n".join(lines) + "\n\n" + "\n".join(extras))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = f"1-minute load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     table = "\n".join(f"| {s} | `{k}` | {v:.3f} | {g} |" for s, k, v, g in rows)
     doc = (f"# Benchmarks\n\nWritten by `make bench` (`python benchmarks/run_all.py{' --quick' if args.quick else ''}`) "
-           f"on {stamp}.\n\n**Device:** {device_name(device)}, torch {torch.__version__}.\n\n"
+           f"on {stamp}.\n\n**Device:** {device_name(device)}, torch {torch.__version__}; {load}.\n\n"
            "Every ratio is measured side by side in one run, the timed functions interleaved (a, b, a, b, …) so that "
            "they see the same machine load; medians over the repeats.\n\n"
            "| what | ratio | measured | goal |\n|---|---|---|---|\n" + table + "\n\n"
