@@ -423,3 +423,23 @@ def test_qr_projected_sgd_orthonormalises_wide_weights_only() -> None:
     torch.testing.assert_close(sgd_rows @ rows.T @ rows, sgd_rows, atol=TOL, rtol=0)  # same row space
     for name in ("0.bias", "2.weight", "2.bias"):
         torch.testing.assert_close(model.state_dict()[name], twin.state_dict()[name])
+
+
+def test_svd_falls_back_when_lapack_returns_nan(monkeypatch):
+    """A finite input whose LAPACK SVD comes back with NaN (seen in a CondLR run) takes the eigh fallback."""
+    from robustlr.lowrank import manifold
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 6, generator=gen)
+    real = torch.linalg.svd
+
+    def broken(a, full_matrices=True):
+        p, s, qh = real(a, full_matrices=full_matrices)
+        return p, s * float("nan"), qh
+
+    monkeypatch.setattr(torch.linalg, "svd", broken)
+    p, s, qh = manifold.svd(x)
+    assert torch.isfinite(p).all() and torch.isfinite(s).all() and torch.isfinite(qh).all()
+    torch.testing.assert_close((p * s) @ qh, x, rtol=1e-4, atol=1e-5)
+    projected, _ = manifold.condition_projection(x, 0.0)
+    assert torch.isfinite(projected).all()

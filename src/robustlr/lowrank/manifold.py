@@ -67,10 +67,15 @@ def svd(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     eigendecomposition ``xᵀx = Q Λ Qᵀ`` (``σ = √λ``) and ``P = qf(x Q)``, whose columns ``x q_i = σ_i p_i``
     are orthogonal (for ``σ_i = 0`` the QR completes the basis). Singular values below ``√eps·σ_max`` lose
     relative accuracy there, which does not matter for the well-conditioned cores this is used on.
+    The same fallback is taken when LAPACK returns NaN/inf for a finite input without raising (seen once in
+    a 20-epoch CondLR run with τ = 0 on a 250×250 core, not reproducible on the saved matrix).
     Works on batches; the result has the input's dtype.
     """
     try:
-        return torch.linalg.svd(x, full_matrices=False)
+        out = torch.linalg.svd(x, full_matrices=False)
+        if all(bool(torch.isfinite(t).all()) for t in out) or not bool(torch.isfinite(x).all()):
+            return out
+        raise torch.linalg.LinAlgError("svd returned non-finite values for a finite input")
     except torch.linalg.LinAlgError:
         wide = x.shape[-2] < x.shape[-1]
         tall = (x.mT if wide else x).to(torch.float64)
