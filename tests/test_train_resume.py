@@ -154,7 +154,7 @@ class _NoisyBatches:
     def __init__(self, stop_at: int | None = None) -> None:
         self.calls, self.stop_at = 0, stop_at
 
-    def __call__(self, model, x, y):
+    def __call__(self, model, x, y, context):
         self.calls += 1
         if self.calls == self.stop_at:
             os.kill(os.getpid(), signal.SIGTERM)

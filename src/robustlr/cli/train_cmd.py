@@ -1,17 +1,35 @@
-"""``robustlr train``: dense / vanilla low-rank / CondLR / orthogonal training with exact resume.
+"""``robustlr train``: dense / vanilla low-rank / CondLR / orthogonal training, optionally adversarial, in one
+process or distributed, with exact resume.
 
-Defaults are the CondLR paper's LeNet5 protocol (see :mod:`robustlr.train.config`). Exit codes: 0 done,
-2 bad options or data, a diverged loss or a refused resume, 128 + signal number after SIGINT/SIGTERM (the
-resumable state is saved first).
+Defaults are the CondLR paper's LeNet5 protocol (see :mod:`robustlr.train.config`); adversarial training is off
+unless ``--adv`` names the inner attack (:mod:`robustlr.train.adv_config`). ``--nproc N`` runs N processes of a
+DDP group on this machine (:mod:`robustlr.train.launch`); ``torchrun --nproc_per_node N -m robustlr train ...``
+does the same through torchrun. Exit codes: 0 done, 2 bad options or data, a diverged loss or a refused resume,
+1 replicas that diverged or a worker that crashed, 128 + signal number after SIGINT/SIGTERM (the resumable state
+is saved first).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from ..checks import check_int
 from ..report import SUMMARY_COLUMNS, format_table
-from ..train import METHODS, RESUME_MAY_DIFFER, TrainConfig, TrainingInterrupted, train
+from ..train import (
+    ADV_ATTACKS,
+    AMP_MODES,
+    METHODS,
+    RESUME_MAY_DIFFER,
+    ReplicaDivergenceError,
+    TrainConfig,
+    TrainingInterrupted,
+    launch,
+    train,
+)
+from ..train.adv_config import ADV_BN_MODES, DEFAULT_ADV_EPS, SELECTIONS
+from ..train.distributed import is_main_process
 from ..train.metrics_log import CSV_COLUMNS
 from .options import CliError, add_run_options, default_out
 
@@ -21,20 +39,29 @@ _DEFAULTS = TrainConfig()
 _EPOCH_COLUMNS = [column for column in CSV_COLUMNS if column != "ranks"]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train as the options say, print the last epoch and both evaluations; return the exit code."""
-    if not args.out:
-        if args.resume:
-            raise CliError("--resume needs --out DIR, the directory of the run to continue")
-        args.out = str(default_out("train"))
-    config = TrainConfig.from_args(args)
+def _train_and_report(config: TrainConfig, progress: bool, resume: bool) -> int:
+    """Train; rank 0 prints the last epoch and both evaluations. Returns the exit code."""
     try:
-        result = train(config, progress=not args.no_progress, resume=args.resume)
+        result = train(config, progress=progress, resume=resume)
     except TrainingInterrupted as stop:
-        print(f"robustlr: {stop}", file=sys.stderr)
+        if is_main_process():
+            print(f"robustlr: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    print(f"\n{config.method} {config.model} on {config.data}: {len(result.history)} epochs; "
-          f"best validation accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}")
+    except ReplicaDivergenceError as error:
+        print(f"robustlr: error: {error}", file=sys.stderr)
+        return 1
+    if not is_main_process():
+        return 0
+    selected = "robust accuracy under the evaluation attack" if config.select_by == "robust" else "accuracy"
+    print(f"\n{config.method} {config.model} on {config.data}: {len(result.history)} epochs; best validation "
+          f"{selected} {result.best_val_accuracy:.4f} at epoch {result.best_epoch}")
+    adversarial = result.summary["adversarial"]
+    if adversarial is not None:
+        print(f"training attack: {adversarial['train_attack']} on a fraction {adversarial['fraction']:g} of each batch, "
+              f"{adversarial['adv_seconds_per_epoch']:.1f} s per epoch; evaluation attack: {adversarial['eval_attack']}")
+        if "adv_bank_bytes" in adversarial:
+            print(f"warm-start bank: {adversarial['adv_bank_bytes']} bytes (a full bank: "
+                  f"{adversarial['adv_bank_full_bytes']} bytes)")
     print(format_table(result.history[-1:], _EPOCH_COLUMNS))
     for which, evaluation in result.evaluation.items():
         print(f"\n{which} model: clean test accuracy {evaluation.clean_accuracy:.4f} on n = {evaluation.n}")
@@ -43,8 +70,43 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_worker(config: TrainConfig, progress: bool, resume: bool) -> int:
+    """:func:`_train_and_report` in a process started by ``--nproc``: errors become one line and exit code 2."""
+    try:
+        return _train_and_report(config, progress, resume)
+    except (ValueError, OSError) as error:
+        rank = os.environ.get("RANK", "0")
+        where = "" if rank == "0" else f" (rank {rank})"
+        print(f"robustlr: error{where}: {' '.join(str(error).splitlines()[0].split())}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as the options say (in ``--nproc`` processes), print the results; return the exit code."""
+    if not args.out:
+        if args.resume:
+            raise CliError("--resume needs --out DIR, the directory of the run to continue")
+        args.out = str(default_out("train"))
+    config = TrainConfig.from_args(args)
+    nproc = check_int("nproc", args.nproc, 1)
+    if nproc == 1:
+        return _train_and_report(config, not args.no_progress, args.resume)
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") > 1:
+        raise CliError(f"nproc must be 1 inside torchrun, which has started the processes already; got {nproc}")
+    return launch(nproc, _train_worker, config, not args.no_progress, args.resume)
+
+
+def _rank_number(text: str) -> int | float:
+    """``"3"`` → 3 (a rank), ``"0.2"`` → 0.2 (a fraction)."""
+    try:
+        return int(text) if text.lstrip("+-").isdigit() else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rank (an int >= 1 or a fraction in (0, 1])") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    text = "train a dense, low-rank, CondLR or orthogonal network; checkpoints, metrics, exact resume, final evaluation"
+    text = ("train a dense, low-rank, CondLR or orthogonal network, optionally adversarially and on several processes; "
+            "checkpoints, metrics, exact resume, final evaluation")
     p = sub.add_parser("train", help=text, description=text,
                        epilog="methods: " + "; ".join(f"{name}: {what}" for name, what in METHODS.items()))
     g = p.add_argument_group("model and method")
@@ -58,6 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--grad-scale", default=_DEFAULTS.grad_scale, choices=["reference", "exact"],
                    help="CondLR U/V gradient scale: the reference code's (sigma_min/sigma_max)^2 or the exact "
                         "(S S^T)^-1 (default: %(default)s)")
+    g.add_argument("--theta", type=float, metavar="THETA",
+                   help="CondLR rank adaptivity: relative truncation tolerance in [0, 1) (default: fixed rank); "
+                        "use with --grad-scale exact")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=_DEFAULTS.data, help="dataset name (default: %(default)s)")
     g.add_argument("--data-root", metavar="DIR", help="directory holding the dataset files (searched first)")
@@ -82,6 +147,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-steps", type=int, default=_DEFAULTS.eval_steps, help="PGD steps (default: %(default)s)")
     g.add_argument("--eval-batch-size", type=int, default=_DEFAULTS.eval_batch_size,
                    help="batch size of validation and evaluation (default: %(default)s)")
+    g = p.add_argument_group("adversarial training (off unless --adv is given)")
+    g.add_argument("--adv", metavar="ATTACK",
+                   help="inner attack: " + "; ".join(f"{name}: {what}" for name, what in ADV_ATTACKS.items()))
+    g.add_argument("--adv-norm", metavar="NORM", help="linf or l2 (default: linf)")
+    g.add_argument("--adv-eps", type=float, metavar="EPS",
+                   help=f"budget (default: {DEFAULT_ADV_EPS['linf']:g} for linf, {DEFAULT_ADV_EPS['l2']:g} for l2)")
+    g.add_argument("--adv-steps", type=int, metavar="K", help="attack steps (default: 10; fgsm: 1)")
+    g.add_argument("--adv-alpha", type=float, metavar="ALPHA",
+                   help="step size of pgd/fgsm (default: pgd 2.5 eps/K (linf) or 1.8 eps/K (l2); fgsm 1.25 eps)")
+    g.add_argument("--adv-rank", type=_rank_number, metavar="R",
+                   help="lora-pgd only: per-channel rank, an int or a fraction of min(H, W) (default: 0.1)")
+    g.add_argument("--adv-fraction", type=float, metavar="F",
+                   help="share of each batch replaced by adversarial examples, in [0, 1] (default: 1, Madry)")
+    g.add_argument("--adv-bn", metavar="MODE",
+                   help=f"model mode while the attack is generated: {' or '.join(ADV_BN_MODES)} (default: eval; the "
+                        "update always runs in train mode)")
+    g.add_argument("--adv-warm-start", action="store_true",
+                   help="start each sample's attack from its perturbation of the previous epoch (lora-pgd: stores "
+                        "the rank-r factors, 2r/n of a full bank); not with --augment")
+    g.add_argument("--select-by", metavar="WHAT",
+                   help=f"best checkpoint by {' or '.join(SELECTIONS)} validation accuracy (default: robust with "
+                        "--adv, under PGD with --eval-steps steps at the adv budget; clean without)")
+    g.add_argument("--robust-val-n", type=int, default=_DEFAULTS.robust_val_n, metavar="N",
+                   help="validation images attacked after each epoch, 0 = all (default: %(default)s)")
+    g = p.add_argument_group("distributed training and precision")
+    g.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="processes of a DistributedDataParallel group on this machine (gloo on CPU, nccl on CUDA: "
+                        "one GPU each); the global batch is --batch-size (default: %(default)s)")
+    g.add_argument("--amp", metavar="DTYPE",
+                   help=f"autocast the training forward passes to {' or '.join(AMP_MODES)} (fp16 with a gradient "
+                        "scaler); default: full precision")
     add_run_options(p, "train")
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in --out from its resume.pt; the options must match the stored ones "

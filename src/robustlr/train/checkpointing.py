@@ -2,10 +2,12 @@
 rebuilding a trained model from its checkpoint.
 
 ``resume.pt`` holds everything an exact continuation needs: the config, the model, optimiser (CondLR state
-included) and scheduler state dicts, the global torch RNG state (dropout; CUDA states too when CUDA is
-available), the loop counters (completed epochs, batches done in the current epoch and that epoch's running
-sums), the best validation accuracy so far and the metrics history. The data order needs no state: every
-epoch draws it from a generator seeded by ``(seed, epoch)``. Every file is written atomically.
+included) and scheduler state dicts, the global torch RNG state of every process (dropout; CUDA states too
+when CUDA is available), the number of processes, the loop counters (completed epochs, batches done in the
+current epoch and that epoch's running sums), the best validation score so far, the metrics history, and the
+``extra`` states: the warm-start bank of adversarial training and the float16 gradient scaler. The data order
+and the adversarial examples need no state: they are drawn from seeds derived from ``(seed, epoch, batch)``.
+In a distributed run rank 0 writes the file and every process restores it. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from .methods import build_model
 from .metrics_log import json_ready
 from .step import Tally
 
-__all__ = ["RESUME_FORMAT", "RunPaths", "TrainState", "load_trained", "read_resume", "restore", "save_resume",
-           "save_weights"]
+__all__ = ["RESUME_FORMAT", "RunPaths", "TrainState", "load_trained", "read_resume", "restore", "rng_state",
+           "save_resume", "save_weights"]
 
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2
 """Version of the ``resume.pt`` layout."""
 
 
@@ -79,7 +81,8 @@ class RunPaths:
 @dataclass
 class TrainState:
     """Progress of the training loop: ``epoch`` epochs completed, then ``batch`` batches of the next one
-    (summed in ``tally``); the best validation accuracy so far (``-inf`` before the first epoch)."""
+    (summed in ``tally``); the best validation accuracy so far (``-inf`` before the first epoch): clean, or
+    robust under the evaluation attack with ``select_by="robust"``."""
 
     epoch: int = 0
     batch: int = 0
@@ -89,7 +92,8 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's global torch RNG states (CPU, and every CUDA device when CUDA is available)."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -103,18 +107,31 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_resume(
-    path: Path, config: TrainConfig, model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler, state: TrainState
+    path: Path,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    state: TrainState,
+    *,
+    rng: list[dict[str, Any]],
+    extra: dict[str, Any],
 ) -> None:
-    """Write the resumable state of the run to ``path`` atomically (call it at a batch or epoch boundary)."""
-    progress = asdict(state)
+    """Write the resumable state of the run to ``path`` atomically (call it at a batch or epoch boundary).
+
+    ``rng`` holds :func:`rng_state` of every process (rank order; its length is the number of processes);
+    ``extra`` the states of the adversarial transform and the gradient scaler.
+    """
     payload = {
         "format": RESUME_FORMAT,
         "config": config.to_dict(),
-        "progress": progress,
+        "progress": asdict(state),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
+        "world_size": len(rng),
+        "rng": rng,
+        "extra": extra,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -139,12 +156,15 @@ def read_resume(path: Path) -> dict[str, Any]:
     return payload
 
 
-def restore(payload: dict[str, Any], model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler) -> TrainState:
-    """Load a :func:`read_resume` payload into freshly built objects, set the RNG states, return the progress."""
+def restore(
+    payload: dict[str, Any], model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler, rank: int = 0
+) -> TrainState:
+    """Load a :func:`read_resume` payload into freshly built objects, set process ``rank``'s RNG states, return
+    the progress."""
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    _set_rng_state(payload["rng"])
+    _set_rng_state(payload["rng"][rank])
     progress = dict(payload["progress"])
     progress["tally"] = Tally(**progress["tally"])
     return TrainState(**progress)

@@ -28,7 +28,12 @@ eval_eps           0 .02 .05 .1  L∞ budgets of the final FGSM / PGD evaluation
 eval_n             1000          test images of the final evaluation (0: all)
 eval_steps         10            PGD steps of the final evaluation
 eval_batch_size    256           batch size of validation and evaluation
-device             cpu
+adv, adv_*         None          adversarial training (see :mod:`robustlr.train.adv_config`)
+select_by          None          best checkpoint by ``robust`` (default with adv) or ``clean`` val. accuracy
+robust_val_n       1000          validation images attacked each epoch with the evaluation attack (0: all)
+theta              None          CondLR rank adaptivity: relative truncation tolerance in [0, 1)
+amp                None          autocast of the training forward passes: ``bf16`` | ``fp16`` (GradScaler)
+device             cpu           (distributed runs: ``cuda`` means ``cuda:LOCAL_RANK`` in each process)
 out                runs/train    run directory
 data_root          None          directory searched first for the data files
 download           False         download the data (checksum-verified) if missing
@@ -44,10 +49,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from robustlr.checks import check_choice, check_int, check_number
+from robustlr.lowrank.adaptive import validate_theta
 from robustlr.lowrank.manifold import validate_tau
 from robustlr.lowrank.optim import GRAD_SCALES
 
-__all__ = ["METHODS", "RESUME_MAY_DIFFER", "RankSpec", "TrainConfig", "config_differences", "parse_rank"]
+from .adv_config import ADV_KEYS, resolve_adversarial
+
+__all__ = ["AMP_MODES", "METHODS", "RESUME_MAY_DIFFER", "RankSpec", "TrainConfig", "config_differences", "parse_rank"]
 
 METHODS: dict[str, str] = {
     "dense": "the dense model, plain SGD with momentum",
@@ -56,6 +64,9 @@ METHODS: dict[str, str] = {
     "orthogonal": "the dense model trained by QRProjectedSGD (orthonormal rows of every wide weight)",
 }
 """Training methods: name -> description."""
+
+AMP_MODES = ("bf16", "fp16")
+"""Mixed-precision modes: autocast to bfloat16, or to float16 with a gradient scaler."""
 
 RESUME_MAY_DIFFER: tuple[str, ...] = (
     "epochs", "out", "device", "data_root", "download", "eval_eps", "eval_n", "eval_steps", "eval_batch_size",
@@ -146,6 +157,19 @@ class TrainConfig:
     eval_n: int = 1000
     eval_steps: int = 10
     eval_batch_size: int = 256
+    adv: str | None = None
+    adv_norm: str | None = None
+    adv_eps: float | None = None
+    adv_steps: int | None = None
+    adv_alpha: float | None = None
+    adv_rank: int | float | None = None
+    adv_fraction: float | None = None
+    adv_bn: str | None = None
+    adv_warm_start: bool = False
+    select_by: str | None = None
+    robust_val_n: int = 1000
+    theta: float | None = None
+    amp: str | None = None
     device: str = "cpu"
     out: str = "runs/train"
     data_root: str | None = None
@@ -176,6 +200,9 @@ class TrainConfig:
             "eval_n": check_int("eval_n", self.eval_n, 0),
             "eval_steps": check_int("eval_steps", self.eval_steps, 1),
             "eval_batch_size": check_int("eval_batch_size", self.eval_batch_size, 1),
+            "robust_val_n": check_int("robust_val_n", self.robust_val_n, 0),
+            "theta": self._theta(),
+            "amp": None if self.amp is None else check_choice("amp", self.amp, AMP_MODES),
             "device": _text("device", self.device),
             "out": _text("out", str(self.out) if self.out is not None else None),
             "data_root": _text("data_root", None if self.data_root is None else str(self.data_root), optional=True),
@@ -183,6 +210,8 @@ class TrainConfig:
         }
         if not values["eval_eps"]:
             raise ValueError("eval_eps must list at least one budget (finite numbers >= 0); got []")
+        adversarial = {key: getattr(self, key) for key in (*ADV_KEYS, "select_by")}
+        values.update(resolve_adversarial(adversarial, augment=values["augment"]))
         for key, value in values.items():
             object.__setattr__(self, key, value)
 
@@ -191,6 +220,14 @@ class TrainConfig:
         if list(milestones) != sorted(set(milestones)):
             raise ValueError(f"milestones must be strictly increasing epochs >= 1; got {list(milestones)}")
         return milestones
+
+    def _theta(self) -> float | None:
+        if self.theta is None:
+            return None
+        if self.method != "condlr":
+            raise ValueError(f"theta (rank adaptivity) applies only to method='condlr'; got theta={self.theta!r} "
+                             f"with method={self.method!r}")
+        return validate_theta(self.theta)
 
     def _val_fraction(self) -> float:
         value = self.val_fraction

@@ -5,7 +5,7 @@ method     model                                        optimiser
 ========== ============================================ ==========================================
 dense      the zoo model                                ``torch.optim.SGD`` with momentum
 lowrank    ``to_lowrank(method="vanilla")``: ``A Bᵀ``   ``torch.optim.SGD`` with momentum
-condlr     ``to_lowrank(method="condlr")``: ``U S Vᵀ``  :class:`~robustlr.lowrank.CondLR` (τ, grad scale)
+condlr     ``to_lowrank(method="condlr")``: ``U S Vᵀ``  :class:`~robustlr.lowrank.CondLR` (τ, grad scale, θ)
 orthogonal the zoo model                                :class:`~robustlr.lowrank.QRProjectedSGD`
 ========== ============================================ ==========================================
 
@@ -57,7 +57,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> Optimizer:
     """The optimiser of ``config.method`` over all of ``model``'s parameters."""
     common = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
     if config.method == "condlr":
-        return CondLR(model, tau=config.tau, grad_scale=config.grad_scale, **common)
+        return CondLR(model, tau=config.tau, grad_scale=config.grad_scale, theta=config.theta, **common)
     if config.method == "orthogonal":
         return QRProjectedSGD(model.parameters(), **common)
     return SGD(model.parameters(), **common)

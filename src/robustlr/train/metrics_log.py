@@ -1,6 +1,11 @@
 """Per-epoch metrics: the model's conditioning diagnostics and the ``metrics.csv`` / ``metrics.json`` files.
 
-One record per epoch holds ``epoch``, ``lr`` (the rate used during the epoch), train/val loss and accuracy,
+One record per epoch holds ``epoch``, ``lr`` (the rate used during the epoch), train/val loss and accuracy
+(the training numbers are on what the model was trained on: adversarial examples where the batch had them),
+``val_robust_accuracy`` (adversarial training: under the evaluation attack, see
+:mod:`robustlr.train.validation`), ``adv_seconds`` (seconds spent generating the training attack, mean over
+processes), ``adv_bank_bytes``/``adv_bank_full_bytes`` (warm start, JSON only), ``param_digest`` (a digest of all
+parameters, checked equal on every process of a distributed run; JSON only),
 ``kappa_max``/``kappa_mean`` (condition numbers of the layers: of ``S`` for ``U S Vᵀ`` layers, of the
 flattened weight otherwise), ``orth_error_max`` (the largest ``‖UᵀU − I‖_F`` or ``‖VᵀV − I‖_F`` of the
 ``U S Vᵀ`` layers; for the ``orthogonal`` method ``‖WWᵀ − I‖_F`` of the weights it keeps orthonormal; empty
@@ -28,8 +33,8 @@ from robustlr.report import atomic_write_text
 __all__ = ["CSV_COLUMNS", "json_ready", "model_diagnostics", "write_metrics"]
 
 CSV_COLUMNS = (
-    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-    "kappa_max", "kappa_mean", "orth_error_max", "ranks", "seconds",
+    "epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_robust_accuracy",
+    "kappa_max", "kappa_mean", "orth_error_max", "ranks", "adv_seconds", "seconds",
 )
 """Columns of ``metrics.csv`` (``ranks`` is ``name=rank`` pairs separated by spaces)."""
 

@@ -6,9 +6,17 @@ Files in ``config.out``: ``config.json``, ``metrics.csv``, ``metrics.json``, ``l
 ``eval-last/`` and ``eval-best/`` (evaluation reports) and ``summary.json``.
 
 Reproducibility: the model is initialised after ``torch.manual_seed(seed)``, the validation split is seeded
-with ``seed``, epoch ``e`` shuffles (and augments) with a generator seeded by ``seed · 1000003 + e``, and
-``resume.pt`` stores every other piece of state (see :mod:`robustlr.train.checkpointing`), so a run resumed
-after a crash ends with the same weights, bit for bit on the CPU, as an uninterrupted one.
+with ``seed``, epoch ``e`` shuffles (and augments) with a generator seeded by ``seed · 1000003 + e``, the
+adversarial examples of batch ``b`` are seeded by ``(seed, e, b)``, and ``resume.pt`` stores every other piece
+of state (see :mod:`robustlr.train.checkpointing`), so a run resumed after a crash ends with the same weights,
+bit for bit on the CPU, as an uninterrupted one.
+
+Distributed runs (``torchrun`` or ``robustlr train --nproc N``; :mod:`robustlr.train.distributed`): the model is
+wrapped in DDP, every process takes its block of each global batch (:mod:`robustlr.train.batches`) and attacks
+it, the step is the single-process step on the global batch (:mod:`robustlr.train.step`), the replicas are
+checked identical every epoch (:mod:`robustlr.train.replicas`), validation and the final evaluation are
+sharded, and rank 0 alone logs and writes files. A stop signal reaching any process stops all of them at the
+same batch boundary; a resumed run must use the same number of processes.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,18 +34,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustlr.data import ImageDataset, load_dataset, make_loader, train_val_split
+from robustlr.data import ImageDataset, load_dataset, train_val_split
 from robustlr.evaluate import EvaluationResult
 from robustlr.lowrank import compression_report
-from robustlr.report import atomic_write_text
+from robustlr.report import atomic_write_text, write_report
 
-from .checkpointing import RunPaths, TrainState, read_resume, restore, save_resume, save_weights
+from .adversarial import AdversarialTraining
+from .batches import EpochBatches
+from .checkpointing import RunPaths, TrainState, read_resume, restore, rng_state, save_resume, save_weights
 from .config import RESUME_MAY_DIFFER, TrainConfig, config_differences
+from .distributed import Distributed
 from .final_eval import evaluate_trained, evaluation_summary
 from .methods import build_model, build_optimizer, build_scheduler, model_args_for
 from .metrics_log import json_ready, model_diagnostics, write_metrics
+from .precision import Precision
+from .replicas import broadcast_buffers, broadcast_lowrank_state, check_in_sync, model_digest, parameter_digests
 from .signals import StopSignals, TrainingInterrupted, signal_name
-from .step import BatchTransform, NonFiniteLossError, Tally, evaluate_batches, identity, train_step
+from .step import BatchTransform, NonFiniteLossError, Stepper, Tally, identity
+from .validation import evaluation_attack, validate
 
 __all__ = ["TrainResult", "epoch_seed", "train"]
 
@@ -111,20 +126,27 @@ def _device(config: TrainConfig) -> torch.device:
 
 
 class _Run:
-    """The objects of one run and the steps of the loop."""
+    """The objects of one run (in one process) and the steps of the loop."""
 
-    def __init__(self, config: TrainConfig, progress: bool, batch_transform: BatchTransform) -> None:
+    def __init__(self, config: TrainConfig, progress: bool, batch_transform: BatchTransform | None,
+                 group: Distributed) -> None:
         self.config = config
-        self.progress = progress
-        self.batch_transform = batch_transform
         self.paths = RunPaths(Path(config.out))
-        self.device = _device(config)
+        self.group = group
+        self.device = group.device(_device(config))
+        self.progress = progress and self.group.is_main
         self.data = _load_splits(config)
         self.model_args = model_args_for(config, self.data.train)
         torch.manual_seed(config.seed)
         self.model = build_model(config, self.model_args).to(self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer)
+        self.precision = Precision(config.amp, self.device)
+        self.adversarial = None
+        if config.adv is not None:
+            self.adversarial = AdversarialTraining(config, len(self.data.train), self.data.train.image_shape,
+                                                   self.device, self.group)
+        self.transform: BatchTransform = self.adversarial or batch_transform or identity
         self.state = TrainState()
 
     # ----------------------------------------------------------------------------------------- start / resume
@@ -134,11 +156,12 @@ class _Run:
         if self.paths.config.exists() or self.paths.resume.exists():
             raise ValueError(f"out {str(self.paths.out)!r} already holds a training run (config.json); pass "
                              "resume=True (--resume) to continue it, or choose another out directory")
+        self.group.barrier()  # every process has looked before rank 0 writes
         self._write_config()
         self._save_resume()
 
     def resume(self) -> None:
-        """Load ``resume.pt`` after checking that the configuration matches the stored one."""
+        """Load ``resume.pt`` after checking that the configuration and the number of processes match."""
         payload = read_resume(self.paths.resume)
         stored = TrainConfig.from_dict(payload["config"])
         differences = config_differences(stored, self.config)
@@ -149,57 +172,95 @@ class _Run:
                 f"{', '.join(RESUME_MAY_DIFFER)} may change on resume: give the stored values, or start a new run "
                 "in another out directory"
             )
+        if payload["world_size"] != self.group.world_size:
+            raise ValueError(f"resume: the run in {str(self.paths.out)!r} was trained by {payload['world_size']} "
+                             f"process(es); resume it with as many (--nproc {payload['world_size']}); got "
+                             f"{self.group.world_size}")
         completed = payload["progress"]["epoch"]
         if self.config.epochs < completed:
             raise ValueError(f"epochs must be >= {completed}, the epochs already completed in "
                              f"{str(self.paths.out)!r}, to resume; got {self.config.epochs}")
-        self.state = restore(payload, self.model, self.optimizer, self.scheduler)
+        self.state = restore(payload, self.model, self.optimizer, self.scheduler, self.group.rank)
+        self.precision.load_state_dict(payload["extra"]["scaler"])
+        if self.adversarial is not None:
+            self.adversarial.load_state_dict(payload["extra"]["adversarial"])
+        self.group.barrier()  # every process has read resume.pt before rank 0 may rewrite it
         self._write_config()
 
     def _write_config(self) -> None:
-        atomic_write_text(self.paths.config, json.dumps(self.config.to_dict(), indent=2) + "\n")
+        if self.group.is_main:
+            atomic_write_text(self.paths.config, json.dumps(self.config.to_dict(), indent=2) + "\n")
 
     def _save_resume(self) -> None:
-        save_resume(self.paths.resume, self.config, self.model, self.optimizer, self.scheduler, self.state)
+        """Write ``resume.pt`` (rank 0), with the RNG states of every process: a collective call."""
+        rng = self.group.gather(rng_state())
+        if self.group.is_main:
+            extra = {"adversarial": {} if self.adversarial is None else self.adversarial.state_dict(),
+                     "scaler": self.precision.state_dict()}
+            save_resume(self.paths.resume, self.config, self.model, self.optimizer, self.scheduler, self.state,
+                        rng=rng, extra=extra)
 
     # ------------------------------------------------------------------------------------------------ epochs
     def run_epochs(self, stop: StopSignals) -> None:
+        stepper = Stepper(self.group.wrap(self.model), self.optimizer, self.transform, module=self.model,
+                          world_size=self.group.world_size, reduce=self.group.sum, precision=self.precision)
         for epoch in range(self.state.epoch + 1, self.config.epochs + 1):
-            self._train_batches(epoch, stop)
+            self._train_batches(stepper, epoch, stop)
             self._finish_epoch(epoch)
-            if stop.signum is not None:
-                self._interrupt(stop.signum, f"after epoch {epoch}")
+            signum = self._stop_requested(stop)
+            if signum is not None:
+                self._interrupt(signum, f"after epoch {epoch}")
 
-    def _train_batches(self, epoch: int, stop: StopSignals) -> None:
+    def _stop_requested(self, stop: StopSignals) -> int | None:
+        """The signal that asked this or another process to stop, if any (SIGTERM when it reached another)."""
+        flag = torch.tensor([float(stop.signum is not None)], dtype=torch.float64)
+        if self.group.sum(flag).item() == 0:
+            return None
+        return stop.signum if stop.signum is not None else signal.SIGTERM
+
+    def _train_batches(self, stepper: Stepper, epoch: int, stop: StopSignals) -> None:
         config, state = self.config, self.state
-        loader = make_loader(self.data.train, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
-                             augment=config.augment)
-        with tqdm(total=len(loader), initial=state.batch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+        batches = EpochBatches(self.data.train, config.batch_size, epoch_seed(config.seed, epoch), config.augment,
+                               epoch, self.group.shard)
+        adaptive = self.group.enabled and config.theta is not None
+        with tqdm(total=len(batches), initial=state.batch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                   leave=False, disable=not self.progress) as bar:
-            for index, (x, y) in enumerate(loader):
-                if index < state.batch:  # done before the interruption; fetched anyway to replay the augmentation
+            for batch in batches:
+                if batch.context.index < state.batch:  # done before the interruption; drawn to replay augmentation
                     continue
                 tic = time.perf_counter()
                 try:
-                    step = train_step(self.model, self.optimizer, x.to(self.device), y.to(self.device),
-                                      self.batch_transform)
+                    step = stepper(batch.x.to(self.device), batch.y.to(self.device), batch.context,
+                                   stopping=lambda: stop.signum is not None)
                 except NonFiniteLossError as error:
-                    raise self._diverged(f"{error} in epoch {epoch}, batch {index + 1}") from None
+                    raise self._diverged(f"{error} in epoch {epoch}, batch {batch.context.index + 1}") from None
+                if adaptive:
+                    broadcast_lowrank_state(self.model, self.optimizer, self.group)
                 state.tally.add(step)
                 state.tally.seconds += time.perf_counter() - tic
-                state.batch = index + 1
+                state.batch = batch.context.index + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.tally.loss:.4f}", acc=f"{state.tally.accuracy:.4f}", refresh=False)
-                if stop.signum is not None:
-                    self._interrupt(stop.signum, f"in epoch {epoch} after batch {state.batch} of {len(loader)}")
+                if step.stop:
+                    signum = stop.signum if stop.signum is not None else signal.SIGTERM
+                    self._interrupt(signum, f"in epoch {epoch} after batch {state.batch} of {len(batches)}")
+
+    def _check_replicas(self, epoch: int) -> str:
+        """Give every process rank 0's buffers, check that all hold the same parameters, return their digest."""
+        digests = parameter_digests(self.model)
+        if self.group.enabled:
+            broadcast_buffers(self.model, self.group)
+            check_in_sync(self.group.gather(digests), f"after epoch {epoch}")
+        return model_digest(digests)
 
     def _finish_epoch(self, epoch: int) -> None:
         """Validate, log, and checkpoint (best, last, metrics, then the resumable state)."""
         tic = time.perf_counter()
-        state = self.state
+        config, state = self.config, self.state
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        val = evaluate_batches(self.model, make_loader(self.data.val, self.config.eval_batch_size), self.device)
+        digest = self._check_replicas(epoch)
+        val = validate(self.model, self.data.val, config, self.device, self.group)
         if not math.isfinite(val.loss):
             raise self._diverged(f"the validation loss is not finite ({val.loss}) after epoch {epoch}")
         record = {
@@ -209,23 +270,33 @@ class _Run:
             "train_accuracy": state.tally.accuracy,
             "val_loss": val.loss,
             "val_accuracy": val.accuracy,
-            **model_diagnostics(self.model, self.config.method),
+            "val_robust_accuracy": val.robust_accuracy,
+            "adv_seconds": None if self.adversarial is None else state.tally.transform_seconds,
+            **({} if self.adversarial is None else self.adversarial.memory()),
+            **model_diagnostics(self.model, config.method),
+            "param_digest": digest,
         }
         record["seconds"] = state.tally.seconds + time.perf_counter() - tic
         state.history.append(record)
         state.epoch, state.batch, state.tally = epoch, 0, Tally()
-        if val.accuracy > state.best_val_accuracy:
-            state.best_epoch, state.best_val_accuracy = epoch, val.accuracy
-            save_weights(self.paths.best, self.model, self.config, record)
-        save_weights(self.paths.last, self.model, self.config, record)
-        write_metrics(self.paths.metrics_csv, self.paths.metrics_json, state.history, state.best_epoch,
-                      state.best_val_accuracy)
+        score = val.score(config.select_by)
+        improved = score > state.best_val_accuracy
+        if improved:
+            state.best_epoch, state.best_val_accuracy = epoch, score
+        if self.group.is_main:
+            if improved:
+                save_weights(self.paths.best, self.model, config, record)
+            save_weights(self.paths.last, self.model, config, record)
+            write_metrics(self.paths.metrics_csv, self.paths.metrics_json, state.history, state.best_epoch,
+                          state.best_val_accuracy)
         self._save_resume()
         if self.progress:
+            robust = "" if val.robust_accuracy is None else f" robust {val.robust_accuracy:.4f}"
+            adv = "" if record["adv_seconds"] is None else f" | attack {record['adv_seconds']:.1f} s"
             tqdm.write(
-                f"epoch {epoch}/{self.config.epochs}: train loss {record['train_loss']:.4f} acc "
-                f"{record['train_accuracy']:.4f} | val loss {val.loss:.4f} acc {val.accuracy:.4f} | kappa max "
-                f"{record['kappa_max']:.4g} | lr {lr:g} | {record['seconds']:.1f} s"
+                f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f} acc "
+                f"{record['train_accuracy']:.4f} | val loss {val.loss:.4f} acc {val.accuracy:.4f}{robust} | kappa "
+                f"max {record['kappa_max']:.4g} | lr {lr:g}{adv} | {record['seconds']:.1f} s"
             )
 
     def _interrupt(self, signum: int, where: str) -> None:
@@ -250,6 +321,22 @@ class _Run:
         )
 
     # ------------------------------------------------------------------------------------ final evaluation
+    def _adversarial_summary(self) -> dict[str, Any] | None:
+        """The training attack, the evaluation attack, their costs and the warm-start memory (None without adv)."""
+        if self.adversarial is None:
+            return None
+        history = self.state.history
+        return {
+            "train_attack": self.adversarial.describe(),
+            "eval_attack": repr(evaluation_attack(self.config, self.model)),
+            "fraction": self.config.adv_fraction,
+            "bn_mode": self.config.adv_bn,
+            "warm_start": self.config.adv_warm_start,
+            "adv_seconds_per_epoch": sum(record["adv_seconds"] for record in history) / len(history),
+            "best_val_robust_accuracy": history[self.state.best_epoch - 1]["val_robust_accuracy"],
+            **self.adversarial.memory(),
+        }
+
     def final_evaluation(self, stop: StopSignals) -> TrainResult:
         """Evaluate the last and the best model (each attacked with attacks built on itself), write summary.json."""
         config, state, paths = self.config, self.state, self.paths
@@ -261,19 +348,23 @@ class _Run:
                 f"{str(paths.out)!r}: run the same command with --resume to redo the final evaluation",
             )
 
+        self.group.barrier()  # rank 0 has written best.pt
         best_model = copy.deepcopy(self.model)
         best_model.load_state_dict(torch.load(paths.best, map_location=self.device, weights_only=True))
         models = {"last": (self.model, state.epoch), "best": (best_model, state.best_epoch)}
         evaluations: dict[str, EvaluationResult] = {}
         with stop.immediate(interrupted):
             for which, (model, epoch) in models.items():
-                evaluations[which] = evaluate_trained(
-                    model.eval(), self.data.test, config, paths.evaluation(which),
-                    title=f"robustlr train: {which} model (epoch {epoch}), {config.method} {config.model} on "
-                          f"{config.data}",
-                    extra={"train_config": config.to_dict(), "checkpoint": f"{which}.pt", "epoch": epoch},
-                    progress=self.progress,
-                )
+                if which == "best" and epoch == state.epoch:  # the last model is the best one: same weights
+                    evaluations[which] = evaluations["last"]
+                else:
+                    evaluations[which] = evaluate_trained(model.eval(), self.data.test, config, self.progress,
+                                                          self.device, self.group)
+                if self.group.is_main:
+                    write_report(evaluations[which], paths.evaluation(which),
+                                 title=f"robustlr train: {which} model (epoch {epoch}), {config.method} "
+                                       f"{config.model} on {config.data}",
+                                 extra={"train_config": config.to_dict(), "checkpoint": f"{which}.pt", "epoch": epoch})
         compression = compression_report(self.model, input_shape=self.data.train.image_shape)
         summary = json_ready({
             "config": config.to_dict(),
@@ -281,6 +372,10 @@ class _Run:
             "best_epoch": state.best_epoch,
             "best_val_accuracy": state.best_val_accuracy,
             "final_metrics": state.history[-1],
+            "processes": self.group.world_size,
+            "selection": {"by": config.select_by,
+                          "metric": "val_robust_accuracy" if config.select_by == "robust" else "val_accuracy"},
+            "adversarial": self._adversarial_summary(),
             "compression": {
                 "rank_reduction": compression.rank_reduction,
                 "param_reduction": compression.param_reduction,
@@ -289,11 +384,12 @@ class _Run:
             },
             "evaluation": {
                 which: {"checkpoint": f"{which}.pt", "epoch": epoch, "report": paths.evaluation(which).name,
-                        **evaluation_summary(evaluations[which])}
+                        **evaluation_summary(evaluations[which], config)}
                 for which, (_, epoch) in models.items()
             },
         })
-        atomic_write_text(paths.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        if self.group.is_main:
+            atomic_write_text(paths.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
         return TrainResult(config, paths, state.history, state.best_epoch, state.best_val_accuracy, evaluations,
                            summary, self.model.eval())
 
@@ -303,33 +399,43 @@ def train(
     progress: bool = True,
     *,
     resume: bool = False,
-    batch_transform: BatchTransform = identity,
+    batch_transform: BatchTransform | None = None,
 ) -> TrainResult:
     """Train ``config.method`` on ``config.data`` into ``config.out``, then evaluate the last and best models.
 
     Args:
-        config: the run's settings.
-        progress: show a tqdm bar over the batches of each epoch and a line per epoch.
+        config: the run's settings (``config.adv`` turns on adversarial training).
+        progress: show a tqdm bar over the batches of each epoch and a line per epoch (rank 0 only).
         resume: continue the run in ``config.out`` from its ``resume.pt`` (its configuration must match,
-            except for the keys in :data:`~robustlr.train.config.RESUME_MAY_DIFFER`); without it ``config.out``
-            must not hold a run.
-        batch_transform: ``(model, x, y) -> (x, y)`` applied to every training batch before the update
-            (identity by default; the hook for adversarial training).
+            except for the keys in :data:`~robustlr.train.config.RESUME_MAY_DIFFER`, and so must the number of
+            processes); without it ``config.out`` must not hold a run.
+        batch_transform: ``(model, x, y, context) -> (x, y)`` applied to every training batch before the update
+            (identity by default); must be None with ``config.adv``, whose attack is the transform.
 
-    SIGINT and SIGTERM stop the run at the next batch boundary after saving ``resume.pt``.
+    Inside ``torchrun`` (``WORLD_SIZE > 1``) the run is distributed (see the module docstring); every process
+    returns the result, rank 0 alone writes the files. SIGINT and SIGTERM stop the run at the next batch
+    boundary after saving ``resume.pt``.
 
     Raises:
         ValueError: for a bad setting (naming it, its value and what is allowed), a rank that does not fit the
             model, an ``out`` that already holds a run (without ``resume``) or a resume with another
-            configuration (listing the keys); :class:`~robustlr.train.step.NonFiniteLossError` (a ValueError)
-            when the loss becomes NaN or infinite, keeping the last good checkpoint.
+            configuration (listing the keys) or number of processes; :class:`~robustlr.train.step.NonFiniteLossError`
+            (a ValueError) when the loss becomes NaN or infinite, keeping the last good checkpoint.
         TrainingInterrupted: after SIGINT/SIGTERM, once the resumable state is saved.
+        ReplicaDivergenceError: if the processes of a distributed run stop holding the same parameters.
     """
-    run = _Run(config, progress, batch_transform)
-    if resume:
-        run.resume()
-    else:
-        run.start()
-    with StopSignals() as stop:
-        run.run_epochs(stop)
-        return run.final_evaluation(stop)
+    if batch_transform is not None and config.adv is not None:
+        raise ValueError(f"batch_transform must be None when config.adv is set (adversarial training is the batch "
+                         f"transform); got adv={config.adv!r} and a batch_transform")
+    group = Distributed.from_env(_device(config))
+    try:
+        run = _Run(config, progress, batch_transform, group)
+        if resume:
+            run.resume()
+        else:
+            run.start()
+        with StopSignals() as stop:
+            run.run_epochs(stop)
+            return run.final_evaluation(stop)
+    finally:
+        group.close()
