@@ -51,6 +51,7 @@ def train_grid_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "run": run["id"], "method": run.get("method"), "rank": run.get("rank") if run.get("method") in ("lowrank", "condlr") else None,
             "tau": run.get("tau") if run.get("method") == "condlr" else None,
+            "adv": run.get("adv"), "adv_rank": run.get("adv_rank"),
             "epochs": summary["epochs_completed"], "clean": last["clean_accuracy"],
             "kappa_max": final.get("kappa_max"), "param_reduction": summary.get("compression", {}).get("param_reduction"),
             "rank_reduction": summary.get("compression", {}).get("rank_reduction"),
