@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 import pytest
 import torch
@@ -13,6 +15,16 @@ FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # One CPU thread: the suite's tensors are small, and on a loaded 2-core machine two OpenMP threads per
 # process oversubscribe the cores and slow small operations by an order of magnitude.
 torch.set_num_threads(1)
+
+
+def require(module: str, how: str) -> ModuleType:
+    """Import ``module``; skip the test without it, except under CI (``CI=true``), where its absence fails."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            pytest.fail(f"{module} is required under CI ({how}): {exc}", pytrace=False)
+    return pytest.importorskip(module, reason=how)
 
 
 def small_cnn(in_channels: int = 1, num_classes: int = 10, size: int = 28, seed: int = 0) -> nn.Module:

@@ -8,7 +8,9 @@ import torch
 from robustlr.attacks import FGSM, PGD, LoRaPGD, RankProjectedPGD
 from robustlr.train.quick import accuracy
 
-torchattacks = pytest.importorskip("torchattacks", reason="install the dev extra: pip install --no-deps torchattacks")
+from conftest import require
+
+torchattacks = require("torchattacks", "pip install --no-deps torchattacks (the Makefile does)")
 
 
 @pytest.mark.parametrize("eps,alpha,steps", [(8 / 255, 2 / 255, 10), (0.1, 0.01, 7)])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 import torch
 
 from robustlr.data import (
@@ -390,7 +391,7 @@ def test_synthetic_bad_options(options: dict, argument: str) -> None:
 
 
 def test_digits() -> None:
-    pytest.importorskip("sklearn", reason="the digits dataset needs the optional scikit-learn")
+    require("sklearn", "the digits dataset needs scikit-learn, part of the dev extra")
     train, test = load_dataset("digits", "train"), load_digits("test")
     assert train.images.shape == (1438, 1, 8, 8) and test.images.shape == (359, 1, 8, 8)
     assert train.images.max() == 1 and train.images.min() == 0 and train.num_classes == 10
