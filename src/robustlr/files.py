@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "file_stem"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -34,3 +34,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically, creating parent directories; return the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_stem(label: str) -> str:
+    """A label such as ``"lora-pgd r=3"`` as a file-name stem: ``"lora-pgd_r3"``."""
+    return label.replace(" ", "_").replace("=", "")

@@ -74,6 +74,7 @@ class Attack(ABC):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.seed = secrets.randbits(63) if seed is None else seed
         self._sample_keys: list[bytes] = []
+        self._max_label = 0
 
     # ------------------------------------------------------------------ public API
     def __call__(self, x: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
@@ -94,6 +95,7 @@ class Attack(ABC):
             self.model.eval()
         try:
             self._sample_keys = self._keys(x)
+            self._max_label = int(y.max())  # read once per call: no device sync inside the attack steps
             labels = y.detach().to(device=x.device, dtype=torch.long)
             with torch.enable_grad():
                 return fn(x.detach(), labels, targeted)
@@ -132,9 +134,9 @@ class Attack(ABC):
     def _objective(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
         """Per-sample loss to *maximise*, shape (N,)."""
         num_classes = logits.shape[1]
-        if int(y.max()) >= num_classes:
+        if self._max_label >= num_classes:
             raise ValueError(f"y must hold labels in [0, {num_classes - 1}] (the model has {num_classes} logits), "
-                             f"got max {int(y.max())}")
+                             f"got max {self._max_label}")
         if self.loss == "ce":
             ce = F.cross_entropy(logits, y, reduction="none")
             return -ce if targeted else ce

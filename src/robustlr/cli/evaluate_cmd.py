@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import torch
 
-from ..evaluate import evaluate
+from ..evaluate import at_eps, evaluate
+from ..files import file_stem
 from ..report import SUMMARY_COLUMNS, atomic_write_bytes, format_table, write_report
 from .options import options_record, add_attack_options, add_data_options, add_model_options, add_run_options, default_out
 from .plan import plan_attacks
@@ -58,19 +60,15 @@ def run(args: argparse.Namespace, save_adversarial: bool) -> int:
 
 
 def _wrap(spec, name, recorders):
-    from ..evaluate import at_eps
-
     def factory(e, spec=spec, name=name):
         rec = _Recorder(spec.factory(e))
-        recorders[f"{name.replace(' ', '_').replace('=', '')}_eps{e:g}"] = rec
+        recorders[f"{file_stem(name)}_eps{e:g}"] = rec
         return rec
 
     return at_eps(factory)
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
-    import io
-
     buf = io.BytesIO()
     torch.save(t, buf)
     return buf.getvalue()

@@ -10,6 +10,7 @@ import torch
 
 from .. import __version__
 from ..attacks import RANKED_ATTACKS, build_attack
+from ..files import file_stem
 from ..evaluation.spectrum import perturbation_spectrum
 from ..report import atomic_write_text, format_table, markdown_table, plot_energy_curves, plot_spectrum_shift
 from .options import CliError, add_attack_options, add_data_options, add_model_options, add_run_options, default_out
@@ -30,14 +31,13 @@ def write_spectrum(stats: list, out: Path, title: str, extra: dict) -> list[dict
         r10 = max(1, round(0.1 * len(s.energy_curve)))
         rows.append({"attack": s.attack, "effective_rank": s.effective_rank, "stable_rank": s.stable_rank,
                      "nuclear_norm": s.nuclear_norm, "energy_top": s.energy_curve[r10 - 1]})
-        safe = s.attack.replace(" ", "_").replace("=", "")
-        plot_spectrum_shift(s.shift_fraction, out / f"shift_{safe}.png",
+        plot_spectrum_shift(s.shift_fraction, out / f"shift_{file_stem(s.attack)}.png",
                             f"{s.attack}: relative shift of the image's singular values")
     plot_energy_curves({s.attack: s.energy_curve for s in stats}, out / "energy.png",
                        "Energy of δ in its top r singular values (mean over channels)")
     atomic_write_text(out / "spectrum.json", json.dumps(
         {"robustlr_version": __version__, "title": title, **extra, "attacks": [s.to_dict() for s in stats]}, indent=2))
-    figures = "\n".join(f"![{s.attack}](shift_{s.attack.replace(' ', '_').replace('=', '')}.png)" for s in stats)
+    figures = "\n".join(f"![{s.attack}](shift_{file_stem(s.attack)}.png)" for s in stats)
     atomic_write_text(out / "spectrum.md", f"# {title}\n\n{markdown_table(rows, COLUMNS)}\n\n![energy](energy.png)\n\n{figures}\n")
     return rows
 

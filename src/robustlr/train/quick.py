@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checks import check_int, check_number
+
 __all__ = ["fit", "accuracy"]
 
 
@@ -27,8 +29,9 @@ def fit(
     progress: bool = False,
 ) -> nn.Module:
     """Train ``model`` on ``(x, y)`` with cross-entropy and SGD; shuffling from a generator seeded by ``seed``."""
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    check_number("lr", lr, strict=True)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     model.train()
