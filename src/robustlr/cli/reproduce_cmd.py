@@ -1,29 +1,52 @@
-"""``robustlr reproduce NAME``: run a versioned experiment of ``experiments/`` and write its table."""
+"""``robustlr reproduce NAME``: run a versioned experiment of ``experiments/`` and write its table.
+
+Exit codes: 0 when every attempted unit finished (runs skipped for missing data are listed, not failures), 1 when
+some run or cell failed (listed on stderr; the others went on), 130 when stopped (rerun to resume), 2 for a bad
+config or argument.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..report import format_table
 from ..reproduce import available, reproduce
+from ..reproduce.tables import table_columns
+from ..train import TrainingInterrupted
 
 __all__ = ["register"]
 
 
 def run(args: argparse.Namespace) -> int:
-    doc = reproduce(args.name, Path(args.out) if args.out else None, smallest=args.smallest, only=args.only,
-                    progress=not args.no_progress)
+    out = args.out or "runs/reproduce/" + args.name + ("-smallest" if args.smallest else "")
+    try:
+        doc = reproduce(args.name, Path(out), smallest=args.smallest, only=args.only, progress=not args.no_progress)
+    except TrainingInterrupted as stop:
+        print(f"robustlr: {stop}; rerun the same command to resume", file=sys.stderr)
+        return 130
     rows = doc["rows"]
     if rows:
-        print(format_table(rows, list(dict.fromkeys(k for row in rows for k in row))))
-    print(f"\n{len(rows)}/{doc['runs_expected']} runs finished; table in "
-          f"{args.out or 'runs/reproduce/' + args.name + ('-smallest' if args.smallest else '')}/table.md")
-    return 0
+        print(format_table(rows, table_columns(rows)))
+    runs = ", ".join(f"{n} {status}" for status, n in doc["runs"].items())
+    print(f"\nruns of {doc['runs_expected']}: {runs}; table in {out}/table.md")
+    for row in rows:
+        if row.get("status") == "skipped":
+            print(f"skipped: {row.get('model') or row.get('run')}: {row['error']}")
+    failed = [row for row in rows if row.get("status") == "failed"]
+    for row in failed:
+        what = " / ".join(str(v) for k, v in row.items() if v is not None and k not in ("status", "error"))
+        print(f"robustlr: failed: {what}: {row['error']}", file=sys.stderr)
+    if failed:
+        print(f"robustlr: {len(failed)} row(s) failed (tracebacks in the *status.json files under {out}); the others "
+              "ran; rerun to retry the failed ones", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    text = "reproduce a paper's experiment from experiments/NAME.toml (resumable: finished runs are skipped)"
+    text = ("reproduce a paper's experiment from experiments/NAME.toml (resumable: finished runs are skipped, "
+            "failed runs are recorded and retried by the next invocation)")
     p = sub.add_parser("reproduce", help=text, description=text)
     p.add_argument("name", help=f"experiment: {', '.join(available())}")
     p.add_argument("--out", metavar="DIR", help="output directory (default: runs/reproduce/NAME)")

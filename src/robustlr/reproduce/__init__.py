@@ -1,6 +1,12 @@
-"""``robustlr reproduce NAME``: the papers' experiments from versioned configs in ``experiments/``."""
+"""``robustlr reproduce NAME``: the papers' experiments from versioned configs in ``experiments/``.
 
-from .configs import KINDS, Experiment, available, experiments_dir, load_experiment
+Kinds: ``train-grid`` (train and evaluate a grid of runs), ``attack-table`` (PGD vs LoRa-PGD vs rank-projected PGD
+on trained models), ``spectrum`` (singular spectra of PGD perturbations on trained models); every kind trains its
+runs first with the shared, resumable :func:`~robustlr.reproduce.training.train_runs`.
+"""
+
+from .configs import KINDS, available, experiments_dir, load_experiment
+from .experiment import Experiment
 from .runner import reproduce
 
 __all__ = ["KINDS", "Experiment", "available", "experiments_dir", "load_experiment", "reproduce"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..files import atomic_write_text
 from ..report import markdown_table
+from .tables import complete_rows, table_columns
 
 __all__ = ["write_results"]
 
@@ -19,17 +20,30 @@ device it ran on and how long its runs took.
 """
 
 
-def _section(doc: dict, figures_dir: Path, docs_dir: Path, source: Path) -> str:
+def _runs_line(doc: dict) -> str:
+    """How many runs finished (and failed or were skipped) and how long training and the attacks took."""
     rows = doc["rows"]
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    train_seconds = sum(r.get("train_seconds", 0.0) for r in rows)
+    counts = doc.get("runs", {"finished": sum(r.get("status", "finished") == "finished" for r in rows)})
+    train_seconds = doc.get("train_seconds", sum(r.get("train_seconds") or 0.0 for r in rows))
+    others = ", ".join(f"{n} {status}" for status, n in counts.items() if status != "finished")
+    others = f" ({others})" if others else ""
+    line = (f"- runs finished: {counts.get('finished', 0)} of {doc['runs_expected']}{others}; "
+            f"training time of all runs {train_seconds / 60:.1f} min")
+    if any("train_seconds" in r for r in rows):
+        line += " (per run in the `train_seconds` column)"
+    attack_seconds = sum(r.get("seconds") or 0.0 for r in rows)
+    if attack_seconds:
+        line += f", attack time of all rows {attack_seconds / 60:.1f} min (per row in the `seconds` column)"
+    return line + f"; table written {doc['finished']}"
+
+
+def _section(doc: dict, figures_dir: Path, docs_dir: Path, source: Path) -> str:
+    rows = complete_rows(doc["rows"])
     lines = [
         f"## {doc['experiment']} (config version {doc['version']})", "", doc["description"], "",
         f"- command: `robustlr reproduce {doc['experiment']}` (config `experiments/{doc['experiment']}.toml`)",
         f"- device: {doc['device']}; robustlr {doc['robustlr_version']}, torch {doc['torch_version']}",
-        f"- runs finished: {len(rows)} of {doc['runs_expected']}; training time of all runs {train_seconds / 60:.1f} min "
-        f"(per run in the `train_seconds` column); table written {doc['finished']}",
-        "", markdown_table(rows, columns), "",
+        _runs_line(doc), "", markdown_table(rows, table_columns(rows)) if rows else "(no rows)", "",
     ]
     for name in doc.get("figures", []):
         target = figures_dir / f"{doc['experiment']}-{name}"
@@ -46,7 +60,10 @@ def write_results(runs_dir: Path, out: Path, notes_dir: Path | None = None) -> P
     docs = [(json.loads(p.read_text()), p.parent) for p in tables]
     docs = [(d, src) for d, src in docs if not d.get("smallest")]
     if not docs:
-        raise ValueError(f"runs_dir must hold experiments run by `robustlr reproduce` (*/table.json); none in {str(runs_dir)!r}")
+        smallest = len(tables)
+        raise ValueError(f"runs_dir must hold experiments run by `robustlr reproduce NAME` (*/table.json; tables of "
+                         f"--smallest runs are never published); {str(runs_dir)!r} holds none"
+                         + (f" but {smallest} --smallest one(s)" if smallest else ""))
     figures_dir = out.parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     sections = []

@@ -1,10 +1,11 @@
-"""Run an experiment of any kind and write its table (JSON, Markdown) and figure under its directory."""
+"""Run an experiment of any kind and write its table (JSON, Markdown) and figures under its directory."""
 
 from __future__ import annotations
 
 import json
 import platform
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,13 @@ import torch
 from .. import __version__
 from ..files import atomic_write_text
 from ..report import markdown_table
+from ..train import train_seconds
 from .configs import Experiment, load_experiment
-from .train_grid import run_train_grid, train_grid_figures, train_grid_rows
+from .kinds import KIND_REGISTRY
+from .tables import complete_rows, table_columns
+from .training import run_state
 
 __all__ = ["reproduce", "write_table"]
-
-_RUNNERS = {"train-grid": (run_train_grid, train_grid_rows, train_grid_figures)}
-"""kind -> (run the experiment, its table rows, its figures)."""
 
 
 def _device(runs: list[dict[str, Any]]) -> str:
@@ -32,27 +33,38 @@ def _device(runs: list[dict[str, Any]]) -> str:
 
 def write_table(exp: Experiment, rows: list[dict[str, Any]], figures: list[Path], out: Path, seconds: float,
                 smallest: bool) -> dict:
-    """Write ``table.json`` and ``table.md`` of an experiment into ``out``; return the JSON document."""
+    """Write ``table.json`` and ``table.md`` of an experiment into ``out``; return the JSON document.
+
+    Besides the rows, the document counts the training runs by state (``runs``: finished, failed, skipped,
+    pending), sums the training time of the finished ones and counts the rows that ``failed``.
+    """
+    states = [run_state(out, run["id"]) for run in exp.runs]
+    rows = complete_rows(rows)
     doc = {
         "experiment": exp.name, "version": exp.version, "kind": exp.kind, "description": exp.description,
         "smallest": smallest, "device": _device(exp.runs), "robustlr_version": __version__,
         "torch_version": torch.__version__, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds_this_invocation": seconds, "runs_expected": len(exp.runs), "rows": rows,
+        "seconds_this_invocation": seconds, "runs_expected": len(exp.runs),
+        "runs": dict(Counter(s.status for s in states)),
+        "train_seconds": sum(train_seconds(out / s.run) for s in states if s.status == "finished"),
+        "failed": sum(r.get("status") == "failed" for r in rows), "settings": exp.settings, "rows": rows,
         "figures": [p.name for p in figures],
     }
     atomic_write_text(out / "table.json", json.dumps(doc, indent=2))
-    columns = list(dict.fromkeys(k for row in rows for k in row))
     images = "".join(f"\n![{p.stem}]({p.name})\n" for p in figures)
-    atomic_write_text(out / "table.md", f"# {exp.name}\n\n{exp.description}\n\n{markdown_table(rows, columns)}\n{images}")
+    table = markdown_table(rows, table_columns(rows)) if rows else "(no finished runs yet)\n"
+    atomic_write_text(out / "table.md", f"# {exp.name}\n\n{exp.description}\n\n{table}{images}")
     return doc
 
 
 def reproduce(name: str, out: Path | None = None, *, smallest: bool = False, only: list[str] | None = None,
-              progress: bool = True) -> dict:
-    """Run experiment ``name`` (skipping finished runs, resuming interrupted ones) and write its table."""
-    exp = load_experiment(name, smallest=smallest)
+              progress: bool = True, directory: Path | None = None) -> dict:
+    """Run experiment ``name`` of ``directory`` (default ``experiments/``): finished units are skipped, interrupted
+    ones resumed, failed ones recorded in the table (``status`` ``failed``) while the others go on.  Writes and
+    returns the table document (see :func:`write_table`)."""
+    exp = load_experiment(name, smallest=smallest, directory=directory)
     out = Path(out) if out else Path("runs") / "reproduce" / (f"{name}-smallest" if smallest else name)
-    run, rows_of, figures_of = _RUNNERS[exp.kind]
+    kind = KIND_REGISTRY[exp.kind]
     t0 = time.perf_counter()
-    run(exp, out, only=only, progress=progress)
-    return write_table(exp, rows_of(exp, out), figures_of(exp, out), out, time.perf_counter() - t0, smallest)
+    kind.run(exp, out, only, progress)
+    return write_table(exp, kind.rows(exp, out), kind.figures(exp, out), out, time.perf_counter() - t0, smallest)

@@ -15,7 +15,7 @@ epoch's batches with sample ids, sharded), :mod:`~robustlr.train.adversarial` an
 validation, model selection), :mod:`~robustlr.train.distributed`, :mod:`~robustlr.train.replicas` and
 :mod:`~robustlr.train.launch` (DDP), :mod:`~robustlr.train.precision` (AMP), :mod:`~robustlr.train.metrics_log`,
 :mod:`~robustlr.train.checkpointing`, :mod:`~robustlr.train.signals`, :mod:`~robustlr.train.final_eval` and
-:mod:`~robustlr.train.sharded_eval`, :mod:`~robustlr.train.trainer` (:func:`train`), and
+:mod:`~robustlr.train.sharded_eval`, :mod:`~robustlr.train.trainer` (:func:`train`), :mod:`~robustlr.train.reuse` (train, resume or reuse a run), and
 :mod:`~robustlr.train.quick` (a minimal loop for demos).
 """
 
@@ -27,6 +27,7 @@ from .launch import launch
 from .replicas import ReplicaDivergenceError
 from .signals import TrainingInterrupted
 from .step import BatchContext, BatchTransform, NonFiniteLossError, identity, train_step
+from .reuse import ensure_trained, train_seconds
 from .trainer import TrainResult, train
 
 __all__ = [
@@ -44,9 +45,11 @@ __all__ = [
     "TrainModeView",
     "TrainResult",
     "TrainingInterrupted",
+    "ensure_trained",
     "identity",
     "launch",
     "load_trained",
     "train",
+    "train_seconds",
     "train_step",
 ]
