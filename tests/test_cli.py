@@ -136,15 +136,3 @@ def test_help_lists_every_command_and_option():
     for option in ("--model", "--model-file", "--checkpoint", "--data", "--split", "--n", "--attack", "--eps", "--rank",
                    "--steps", "--restarts", "--seed", "--batch-size", "--device", "--out", "--config"):
         assert option in sub
-
-
-@pytest.mark.slow
-def test_demo_quick_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert "lora-pgd r=3" in printed and "pgd-linf" in printed
-    res = json.loads((out / "result.json").read_text())["result"]
-    assert res["n"] == 200 and res["clean_accuracy"] > 0.3
-    assert {a["attack"] for a in res["attacks"]} >= {"fgsm", "pgd-linf", "pgd-l2", "lora-pgd r=14"}
-    assert all(a["robust_accuracy"] <= res["clean_accuracy"] for a in res["attacks"])

@@ -1,4 +1,4 @@
-"""``robustlr demo``: train LeNet5 on real Fashion-MNIST, attack it, print and write the report."""
+"""``robustlr demo``: train dense, low-rank and CondLR LeNet5 on real Fashion-MNIST, attack them, write the report."""
 
 from __future__ import annotations
 
@@ -6,61 +6,35 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from ..attacks import FGSM, PGD, LoRaPGD, RankProjectedPGD
-from ..data import load_dataset
-from ..evaluate import evaluate
-from ..models import create, save_checkpoint
-from ..report import format_table, write_report
-from ..train.quick import accuracy, fit
+from ..demo import DemoSettings, run_demo
+from ..demo.report import SUMMARY, summary_rows
+from ..report import format_table
 from .options import add_run_options
 
 __all__ = ["register"]
 
-COLUMNS = {"attack": "attack", "eps": "ε", "robust_accuracy": "robust acc", "mean_l2": "mean ‖δ‖₂",
-           "mean_linf": "mean ‖δ‖∞", "mean_nuclear": "mean ‖δ‖_*", "seconds": "seconds"}
-EPS_LINF, EPS_L2 = 0.1, 1.0
-
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    progress = not args.no_progress
-    train = load_dataset("fashion-mnist", "train", root=args.data_root)
-    test = load_dataset("fashion-mnist", "test", root=args.data_root)
-    n_train, n_test = (6000, 200) if args.quick else (len(train), 1000)
-    t0 = time.perf_counter()
-    model = create("lenet5", num_classes=10)
-    fit(model, train.images[:n_train], train.labels[:n_train], epochs=1, lr=0.05, momentum=0.9,
-        batch_size=128, seed=args.seed, progress=progress)
-    print(f"trained LeNet5 on {n_train} Fashion-MNIST images for 1 epoch in {time.perf_counter() - t0:.1f} s; "
-          f"test accuracy {accuracy(model, test.images, test.labels):.4f}")
-    attacks = {
-        "fgsm": FGSM(model, EPS_LINF),
-        "pgd-linf": PGD(model, EPS_LINF, "linf", seed=args.seed),
-        "pgd-l2": PGD(model, EPS_L2, "l2", seed=args.seed),
-        "rank-pgd r=0.1": RankProjectedPGD(model, EPS_L2, rank=0.1, seed=args.seed),
-    }
-    for frac in (0.1, 0.2, 0.3, 0.4, 0.5):
-        attacks[f"lora-pgd r={round(frac * 28)}"] = LoRaPGD(model, EPS_L2, rank=frac, seed=args.seed)
-    result = evaluate(model, (test.images[:n_test], test.labels[:n_test]), attacks, progress=progress)
+    settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings(seed=args.seed)
     out = Path(args.out) if args.out else Path("runs") / "demo"
-    save_checkpoint(out / "lenet5.pt", model, {"data": "fashion-mnist", "train_images": n_train, "epochs": 1,
-                                               "test_accuracy": result.clean_accuracy})
-    write_report(result, out, title="robustlr demo: LeNet5 on Fashion-MNIST",
-                 extra={"train_images": n_train, "epochs": 1, "quick": args.quick})
-    print(f"\nclean accuracy {result.clean_accuracy:.4f} on n = {result.n} test images; "
-          f"L∞ attacks at ε = {EPS_LINF}, L2 attacks at ε = {EPS_L2}")
-    print(format_table(result.rows(), COLUMNS))
-    print(f"\nreport written to {out}/report.md; model saved to {out}/lenet5.pt "
-          f"(attack it further with: robustlr evaluate --checkpoint {out}/lenet5.pt)")
+    t0 = time.perf_counter()
+    result = run_demo(settings, out, data_root=args.data_root, progress=not args.no_progress)
+    summary = summary_rows(result)
+    print(f"\nLeNet5 on Fashion-MNIST, {settings.epochs} epoch(s) each; robust accuracy on {settings.n_test} test images "
+          f"at ε∞ = {settings.summary_linf:g} (FGSM, PGD-L∞) and ε₂ = {settings.summary_l2:g} (PGD-L2, LoRa-PGD):")
+    print(format_table(summary, {**SUMMARY, **{k: k for k in summary[0] if k not in SUMMARY}}))
+    for name, message in result.failed.items():
+        print(f"{name} diverged and is left out: {message}")
+    print(f"\nreport written to {out}/report.md in {time.perf_counter() - t0:.0f} s; trained models in {out}/<model>/last.pt "
+          f"(attack them further with: robustlr evaluate --checkpoint {out}/condlr/last.pt)")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    text = "train LeNet5 on Fashion-MNIST and compare FGSM, PGD and LoRa-PGD on it (offline, minutes on CPU)"
+    text = ("train dense, low-rank and CondLR LeNet5 on Fashion-MNIST, attack each with FGSM, PGD and LoRa-PGD, "
+            "and write a report (offline, minutes on CPU; resumable)")
     p = sub.add_parser("demo", help=text, description=text)
-    p.add_argument("--quick", action="store_true", help="a sub-minute version (6000 training, 200 test images)")
+    p.add_argument("--quick", action="store_true", help="a sub-minute version (1 epoch on 6000 images, 200 test images)")
     p.add_argument("--data-root", metavar="DIR", help="directory holding Fashion-MNIST (default: discovered)")
     add_run_options(p, "demo")
     p.set_defaults(handler=run)

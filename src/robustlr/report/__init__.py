@@ -4,7 +4,7 @@
 figure helpers are also used on their own (by the CLI).  Every file is written atomically.
 """
 
-from .figures import plot_energy_curves, plot_lines, plot_robust_accuracy, plot_spectrum_shift
+from .figures import plot_bars, plot_energy_curves, plot_lines, plot_robust_accuracy, plot_spectrum_shift
 from ..files import atomic_write_bytes, atomic_write_text
 from .tables import format_table, markdown_table
 from .writer import CSV_COLUMNS, FILES, SUMMARY_COLUMNS, write_report
@@ -20,6 +20,7 @@ __all__ = [
     "plot_spectrum_shift",
     "plot_energy_curves",
     "plot_lines",
+    "plot_bars",
     "atomic_write_bytes",
     "atomic_write_text",
 ]

@@ -5,12 +5,14 @@
 * :func:`plot_spectrum_shift` — the LoRa-PGD paper's bar chart of the normalised relative shift ``p_j`` of
   the singular values over the index ``j``;
 * :func:`plot_energy_curves` — the energy fraction ``E_r`` of the top ``r`` singular values vs ``r``;
-* :func:`plot_lines` — any family of named curves ``y(x)`` (e.g. robust accuracy vs ε per trained model).
+* :func:`plot_lines` — any family of named curves ``y(x)`` (e.g. robust accuracy vs ε per trained model);
+* :func:`plot_bars` — grouped bars, one group per category and one bar per series (e.g. κ(S) per layer and model).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +30,7 @@ from ..files import atomic_write_bytes
 if TYPE_CHECKING:
     from ..evaluation.result import EvaluationResult
 
-__all__ = ["plot_robust_accuracy", "plot_spectrum_shift", "plot_energy_curves", "plot_lines"]
+__all__ = ["plot_robust_accuracy", "plot_spectrum_shift", "plot_energy_curves", "plot_lines", "plot_bars"]
 
 ArrayLike = Sequence[float] | np.ndarray | torch.Tensor
 
@@ -113,6 +115,33 @@ def plot_lines(
     if unit_interval:
         ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out_path)
+
+
+def plot_bars(
+    series: Mapping[str, Mapping[str, float]], out_path: str | os.PathLike, *, ylabel: str, title: str,
+    log: bool = False,
+) -> Path:
+    """Grouped bar chart: ``series`` maps a series name (one colour) to ``{category: value}``; the categories
+    (x axis) are the union of all series' keys in first-seen order, a missing value leaves a gap.  ``log``
+    draws the y axis logarithmically (every value must then be > 0).  Returns the PNG's path."""
+    if not isinstance(series, Mapping) or not series or not all(isinstance(v, Mapping) and v for v in series.values()):
+        raise ValueError(f"series must be a non-empty mapping name -> non-empty {{category: value}}, got {series!r}")
+    categories = list(dict.fromkeys(c for values in series.values() for c in values))
+    width = 0.8 / len(series)
+    fig, ax = _figure()
+    for i, (name, values) in enumerate(series.items()):
+        heights = _vector([values.get(c, math.nan) for c in categories], f"series[{name!r}]", allow_nan=True)
+        if log and bool((heights[~np.isnan(heights)] <= 0).any()):
+            raise ValueError(f"series[{name!r}] must be > 0 with log=True, got {values!r}")
+        ax.bar(np.arange(len(categories)) + (i - (len(series) - 1) / 2) * width, np.nan_to_num(heights), width,
+               label=str(name))
+    ax.set_xticks(np.arange(len(categories)), [str(c) for c in categories], rotation=20 if len(categories) > 4 else 0)
+    ax.set(ylabel=ylabel, title=title)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, out_path)
 
