@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	cd benchmarks && ../$(BIN)/python run_all.py
+	cd benchmarks && ../$(BIN)/python run_all.py --threads 1
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

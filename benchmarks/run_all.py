@@ -69,12 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = f"1-minute load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     table = "\n".join(f"| {s} | `{k}` | {v:.3f} | {g} |" for s, k, v, g in rows)
-    doc = (f"# Benchmarks\n\nWritten by `make bench` (`python benchmarks/run_all.py{' --quick' if args.quick else ''}`) "
+    command = " ".join(["python benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
+    notes = Path(__file__).with_name("notes.md")
+    doc = (f"# Benchmarks\n\nWritten by `make bench` (`{command}`) "
            f"on {stamp}.\n\n**Device:** {device_name(device)}, torch {torch.__version__}; {load}.\n\n"
            "Every ratio is measured side by side in one run, the timed functions interleaved (a, b, a, b, …) so that "
            "they see the same machine load; medians over the repeats.\n\n"
            "| what | ratio | measured | goal |\n|---|---|---|---|\n" + table + "\n\n"
-           + "\n".join(f"- {e}" for e in extras) + "\n")
+           + "\n".join(f"- {e}" for e in extras) + "\n"
+           + (f"\nNotes (from `benchmarks/notes.md`, written by hand; measured with the same commands):\n\n"
+              f"{notes.read_text()}" if notes.is_file() else ""))
     if not args.quick:
         Path(args.out).write_text(doc)
         print(f"\nwritten to {args.out}")
