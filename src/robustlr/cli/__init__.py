@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from typing import TextIO
 
 from .. import __version__
 from . import demo_cmd, evaluate_cmd, reproduce_cmd, results_cmd, spectrum_cmd, train_cmd
@@ -30,13 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Warnings on the command line: one line on stderr, ``robustlr: <category>: <message>`` (no source line)."""
+    print(f"robustlr: {category.__name__}: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 2 usage or data error, 130 interrupted)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = apply_config(parser, argv)
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args = apply_config(parser, argv)
+            return args.handler(args)
     except (ValueError, FileNotFoundError, OSError) as exc:
         message = " ".join(str(exc).split("\n")[0].split()) if not isinstance(exc, FileNotFoundError) else str(exc)
         print(f"robustlr: error: {message}", file=sys.stderr)

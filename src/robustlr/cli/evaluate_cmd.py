@@ -51,8 +51,6 @@ def run(args: argparse.Namespace, save_adversarial: bool) -> int:
                      extra={"options": options_record(args), "norm": plan.norm})
         print(f"\n{plan.norm}: clean accuracy {result.clean_accuracy:.4f} on n = {result.n}")
         print(format_table(result.rows(), SUMMARY_COLUMNS))
-        for warning in result.warnings:
-            print(f"warning: {warning}")
     for key, rec in recorders.items():
         atomic_write_bytes(out / "adversarial" / f"{key}.pt", _tensor_bytes(torch.cat(rec.batches)))
     print(f"\nreport written to {out}")

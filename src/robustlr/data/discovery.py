@@ -51,7 +51,8 @@ class DatasetNotFoundError(FileNotFoundError):
         ways = []
         if spec.debian_package:
             ways.append(f"install the Debian package: apt-get install {spec.debian_package}")
-        ways.append(f"download it: load_dataset({spec.name!r}, {split!r}, download=True)")
+        ways.append(f"download it: --download on the command line, "
+                    f"load_dataset({spec.name!r}, {split!r}, download=True) in Python")
         ways.append(f"point root= (CLI: --data-root) or ${DATA_ENV_VAR} at a directory holding the files")
         how = "\n".join(f"  - {way}" for way in ways)
         super().__init__(
