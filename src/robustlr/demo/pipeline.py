@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..analysis.conditioning import layer_condition_numbers
 from ..attacks import build_attack
@@ -81,8 +82,9 @@ def run_demo(settings: DemoSettings, out: Path, *, data_root: str | None = None,
     test = load_dataset("fashion-mnist", "test", root=data_root)
     x, y = test.images[: settings.n_test], test.labels[: settings.n_test]
     models, failed = [], {}
-    for name in MODELS:
+    for i, name in enumerate(MODELS, 1):
         config = settings.train_config(name, out, data_root)
+        tqdm.write(f"demo [{i}/{len(MODELS)}] {name}: train (or reuse {config.out}), attack, decompose perturbations")
         try:
             model, summary, seconds = _train(config, progress)
         except NonFiniteLossError as error:  # a diverged network is a result too (vanilla low-rank can diverge)

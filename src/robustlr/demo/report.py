@@ -115,15 +115,16 @@ def _markdown(result: DemoResult, summary: list[dict[str, Any]], started: str) -
         "## Summary\n",
         "Robust accuracy at the summary budgets (ε∞ for FGSM/PGD-L∞, ε₂ for PGD-L2/LoRa-PGD); `weights` counts "
         "the stored weights of the Linear/Conv layers, `saved` the fraction saved against the dense network, "
-        "`max κ` the largest condition number over the layers (of S for the factorised layers).\n",
+        "`max κ` the largest condition number over the layers.\n",
         markdown_table(summary, {**SUMMARY, **{k: k for k in summary[0] if k not in SUMMARY}}),
         "".join(f"\n**{name} diverged** and is left out: {message}\n" for name, message in result.failed.items()),
         "\n## Robust accuracy vs ε\n",
         attacks_md,
         markdown_table(eval_rows, {"model": "model", **SUMMARY_COLUMNS}),
         "\n## Conditioning: κ per layer\n",
-        "κ = σ_max/σ_min of S (low-rank, CondLR) or of the flattened weight (dense). CondLR keeps every κ(S) ≤ 1 + τ; "
-        "vanilla low-rank training lets it grow.\n",
+        "κ = σ_max/σ_min over the nonzero singular values of each layer's weight: of the core S of CondLR's U S Vᵀ "
+        "(U, V orthonormal), of the product A Bᵀ of vanilla low-rank, of the flattened weight of the dense network. "
+        "CondLR keeps every κ(S) ≤ 1 + τ; vanilla low-rank training lets it grow.\n",
         markdown_table(kappa_rows, {"layer": "layer", **{m.name: m.name for m in result.models}}),
         "\n![κ per layer](kappa.png)\n",
         "## Compression\n",
