@@ -36,7 +36,7 @@ from ..report import plot_lines
 from .attack_cells import Cell, cells, read_cell, run_cell
 from .experiment import Experiment
 from .settings import choice, choices, eps_list, positive_int, rank_list, seed
-from .training import CHECKPOINTS, attempt, load_run, read_status, run_state, state_row, train_runs
+from .training import CHECKPOINTS, attempt, finished_runs, load_run, read_status, train_runs
 
 __all__ = ["ATTACK_SCHEMA", "run_attack_table", "attack_table_rows", "attack_table_figures"]
 
@@ -98,12 +98,8 @@ def attack_table_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
     """One row per (model, attack, init, rank, ε) computed with the current settings: clean and robust
     accuracy, seconds in the attack (all n images), the attack's state in bytes per image and as a fraction of
     PGD's, mean ‖δ‖₂ and mean nuclear norm; one row per model or cell that failed or was skipped."""
-    rows = []
-    for run in exp.runs:
-        state = run_state(out, run["id"])
-        if state.status != "finished":
-            rows += [state_row(state, "model")] if state.status != "pending" else []
-            continue
+    rows: list[dict[str, Any]] = []
+    for run in finished_runs(exp, out, rows):
         grid = cells(exp.settings["ranks"], exp.settings["inits"])
         records = {c: read_cell(_cell_path(out, run["id"], c), exp.settings) for c in grid}
         pgd = records[grid[0]]

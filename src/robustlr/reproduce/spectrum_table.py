@@ -42,7 +42,7 @@ from ..report import plot_energy_curves, plot_spectrum_shift
 from .experiment import Experiment
 from .records import read_record, write_record
 from .settings import choice, choices, positive_int, positive_number, rank_list, seed
-from .training import CHECKPOINTS, attempt, load_run, read_status, run_state, state_row, train_runs
+from .training import CHECKPOINTS, attempt, finished_runs, load_run, read_status, train_runs
 
 __all__ = ["SPECTRUM_SCHEMA", "REFERENCE", "run_spectrum", "spectrum_rows", "spectrum_figures"]
 
@@ -112,12 +112,8 @@ def spectrum_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
     """One row per (model, attack): ε, mean effective rank, stable rank and nuclear norm of δ per channel, the
     share of the image's relative singular-value shift on the smaller half of its spectrum (``Σ_{j > n/2} p_j``),
     and the energy fraction ``E@r`` of δ in its top r singular values at every rank of the settings."""
-    rows = []
-    for run in exp.runs:
-        state = run_state(out, run["id"])
-        if state.status != "finished":
-            rows += [state_row(state, "model")] if state.status != "pending" else []
-            continue
+    rows: list[dict[str, Any]] = []
+    for run in finished_runs(exp, out, rows):
         record = _read(out / run["id"] / "spectrum.json", exp.settings)
         if record is None:
             failure = read_status(out / run["id"] / "spectrum.status.json")

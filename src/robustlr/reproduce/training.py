@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from ..files import atomic_write_text
 from ..train import TrainConfig, TrainingInterrupted, ensure_trained, load_trained
 from .experiment import Experiment
 
-__all__ = ["CHECKPOINTS", "STATUS_FILE", "RunState", "attempt", "load_run", "missing_data", "read_status", "run_state",
+__all__ = ["CHECKPOINTS", "STATUS_FILE", "RunState", "attempt", "finished_runs", "load_run", "missing_data", "read_status", "run_state",
            "select_runs", "state_row", "train_config", "train_runs"]
 
 CHECKPOINTS = ("best", "last")
@@ -135,6 +135,17 @@ def run_state(out: Path, run_id: str) -> RunState:
 def state_row(state: RunState, key: str = "run") -> dict[str, Any]:
     """The table row of a run that did not finish: its id under ``key``, ``status`` and ``error``."""
     return {key: state.run, "status": state.status, "error": state.error}
+
+
+def finished_runs(exp: Experiment, out: Path, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Yield the runs of ``exp`` that finished training; append the row (:func:`state_row`, keyed ``model``) of
+    each run that failed or was skipped to ``rows`` as it goes, so the table keeps the config's order."""
+    for run in exp.runs:
+        state = run_state(out, run["id"])
+        if state.status == "finished":
+            yield run
+        elif state.status != "pending":
+            rows.append(state_row(state, "model"))
 
 
 def load_run(run: dict[str, Any], out: Path, checkpoint: str, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
