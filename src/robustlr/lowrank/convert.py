@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from robustlr.lowrank.factorized import FactorizedConv2d, FactorizedLinear
+from robustlr.lowrank.geometry import Conv2dGeometry
 from robustlr.lowrank.layers import (
-    Conv2dGeometry,
     FactoredLayer,
     LowRankConv2d,
     LowRankLayer,

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robustlr.lowrank.layers import Conv2dGeometry, FactoredLayer, LinearGeometry, resolve_rank, truncated_svd
+from robustlr.lowrank.geometry import Conv2dGeometry, LinearGeometry
+from robustlr.lowrank.layers import FactoredLayer, resolve_rank, truncated_svd
 
 __all__ = ["FactorizedConv2d", "FactorizedLayer", "FactorizedLinear"]
 
