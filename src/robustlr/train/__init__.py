@@ -14,7 +14,7 @@ epoch's batches with sample ids, sharded), :mod:`~robustlr.train.adversarial` an
 :mod:`~robustlr.train.warm_start` (adversarial training), :mod:`~robustlr.train.validation` (clean and robust
 validation, model selection), :mod:`~robustlr.train.distributed`, :mod:`~robustlr.train.replicas` and
 :mod:`~robustlr.train.launch` (DDP), :mod:`~robustlr.train.precision` (AMP), :mod:`~robustlr.train.metrics_log`,
-:mod:`~robustlr.train.checkpointing`, :mod:`~robustlr.train.signals`, :mod:`~robustlr.train.final_eval` and
+:mod:`~robustlr.train.checkpointing`, :mod:`~robustlr.train.signals`, :mod:`~robustlr.train.final_eval`, :mod:`~robustlr.train.summary` and
 :mod:`~robustlr.train.sharded_eval`, :mod:`~robustlr.train.trainer` (:func:`train`), :mod:`~robustlr.train.reuse` (train, resume or reuse a run), and
 :mod:`~robustlr.train.quick` (a minimal loop for demos).
 """

@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from robustlr.data import ImageDataset, load_dataset, train_val_split
 from robustlr.evaluate import EvaluationResult
-from robustlr.lowrank import compression_report
 from robustlr.report import atomic_write_text, write_report
 
 from .adversarial import AdversarialTraining
@@ -44,14 +43,15 @@ from .batches import EpochBatches
 from .checkpointing import RunPaths, TrainState, read_resume, restore, rng_state, save_resume, save_weights
 from .config import RESUME_MAY_DIFFER, TrainConfig, config_differences
 from .distributed import Distributed
-from .final_eval import evaluate_trained, evaluation_summary
+from .final_eval import evaluate_trained
 from .methods import build_model, build_optimizer, build_scheduler, model_args_for
-from .metrics_log import json_ready, model_diagnostics, write_metrics
+from .metrics_log import model_diagnostics, write_metrics
 from .precision import Precision
 from .replicas import broadcast_buffers, broadcast_lowrank_state, check_in_sync, model_digest, parameter_digests
 from .signals import StopSignals, TrainingInterrupted, signal_name
 from .step import BatchTransform, NonFiniteLossError, Stepper, Tally, identity
-from .validation import evaluation_attack, validate
+from .summary import run_summary
+from .validation import validate
 
 __all__ = ["TrainResult", "epoch_seed", "train"]
 
@@ -321,22 +321,6 @@ class _Run:
         )
 
     # ------------------------------------------------------------------------------------ final evaluation
-    def _adversarial_summary(self) -> dict[str, Any] | None:
-        """The training attack, the evaluation attack, their costs and the warm-start memory (None without adv)."""
-        if self.adversarial is None:
-            return None
-        history = self.state.history
-        return {
-            "train_attack": self.adversarial.describe(),
-            "eval_attack": repr(evaluation_attack(self.config, self.model)),
-            "fraction": self.config.adv_fraction,
-            "bn_mode": self.config.adv_bn,
-            "warm_start": self.config.adv_warm_start,
-            "adv_seconds_per_epoch": sum(record["adv_seconds"] for record in history) / len(history),
-            "best_val_robust_accuracy": history[self.state.best_epoch - 1]["val_robust_accuracy"],
-            **self.adversarial.memory(),
-        }
-
     def final_evaluation(self, stop: StopSignals) -> TrainResult:
         """Evaluate the last and the best model (each attacked with attacks built on itself), write summary.json."""
         config, state, paths = self.config, self.state, self.paths
@@ -365,29 +349,10 @@ class _Run:
                                  title=f"robustlr train: {which} model (epoch {epoch}), {config.method} "
                                        f"{config.model} on {config.data}",
                                  extra={"train_config": config.to_dict(), "checkpoint": f"{which}.pt", "epoch": epoch})
-        compression = compression_report(self.model, input_shape=self.data.train.image_shape)
-        summary = json_ready({
-            "config": config.to_dict(),
-            "epochs_completed": state.epoch,
-            "best_epoch": state.best_epoch,
-            "best_val_accuracy": state.best_val_accuracy,
-            "final_metrics": state.history[-1],
-            "processes": self.group.world_size,
-            "selection": {"by": config.select_by,
-                          "metric": "val_robust_accuracy" if config.select_by == "robust" else "val_accuracy"},
-            "adversarial": self._adversarial_summary(),
-            "compression": {
-                "rank_reduction": compression.rank_reduction,
-                "param_reduction": compression.param_reduction,
-                "model_param_reduction": compression.model_param_reduction,
-                "layers": compression.to_rows(),
-            },
-            "evaluation": {
-                which: {"checkpoint": f"{which}.pt", "epoch": epoch, "report": paths.evaluation(which).name,
-                        **evaluation_summary(evaluations[which], config)}
-                for which, (_, epoch) in models.items()
-            },
-        })
+        summary = run_summary(config, state, self.model, self.adversarial, processes=self.group.world_size,
+                              image_shape=self.data.train.image_shape,
+                              evaluations={which: (evaluations[which], epoch) for which, (_, epoch) in models.items()},
+                              paths=paths)
         if self.group.is_main:
             atomic_write_text(paths.summary, json.dumps(summary, indent=2, allow_nan=False) + "\n")
         return TrainResult(config, paths, state.history, state.best_epoch, state.best_val_accuracy, evaluations,
