@@ -21,7 +21,7 @@ from ..attacks.projections import resolve_rank
 from ..files import atomic_write_text, file_stem
 from ..report import SUMMARY_COLUMNS, markdown_table, plot_bars, plot_energy_curves, plot_lines, plot_spectrum_shift
 from .results import DemoResult, ModelResult
-from .settings import NORMS
+from .settings import IMAGE_SIDE, NORMS
 
 __all__ = ["SUMMARY", "summary_rows", "write_demo_report"]
 
@@ -32,7 +32,12 @@ SUMMARY = {"model": "model", "weights": "weights", "param_reduction": "saved", "
 
 def _label(result: DemoResult, attack: str) -> str:
     """Display name of an attack (LoRa-PGD with its rank fraction)."""
-    return f"lora-pgd r={result.settings.lora_rank:g}" if attack == "lora-pgd" else attack
+    return f"lora-pgd r={_lora_r(result)}" if attack == "lora-pgd" else attack
+
+
+def _lora_r(result: DemoResult) -> int:
+    """LoRa-PGD's rank per channel."""
+    return resolve_rank(result.settings.lora_rank, IMAGE_SIDE, "lora_rank")
 
 
 def _budget(result: DemoResult, attack: str) -> float:
@@ -81,7 +86,7 @@ def _accuracy_figures(result: DemoResult) -> list[Path]:
 
 
 def _spectrum_rows(result: DemoResult) -> list[dict[str, Any]]:
-    r = resolve_rank(result.settings.lora_rank, len(result.models[0].spectrum[0].energy_curve), "lora_rank")
+    r = _lora_r(result)
     return [
         {"model": m.name, "attack": s.attack, "effective_rank": s.effective_rank, "stable_rank": s.stable_rank,
          "nuclear_norm": s.nuclear_norm, f"energy_top{r}": s.energy_curve[r - 1], "n": s.n}
@@ -102,6 +107,7 @@ def _markdown(result: DemoResult, summary: list[dict[str, Any]], started: str) -
         for row in _layers(result.models[0])
     ]
     attacks_md = "".join(f"![accuracy under {_label(result, a)}](accuracy-{file_stem(a)}.png)\n" for a in _attacks())
+    spectrum_rows = _spectrum_rows(result)
     shifts_md = "".join(f"![relative singular-value shift, {m.name}](shift-{file_stem(m.name)}.png)\n" for m in result.models)
     return "\n".join([
         "# robustlr demo: dense, low-rank and CondLR LeNet5 on Fashion-MNIST, attacked\n",
@@ -109,7 +115,7 @@ def _markdown(result: DemoResult, summary: list[dict[str, Any]], started: str) -
         f"validation), {s.epochs} epoch(s) of SGD (lr 0.02, momentum 0.9), seed {s.seed}; low-rank and CondLR at "
         "rank fraction 0.2 of every layer, CondLR with τ = 0.1 (κ(S) ≤ 1.1) and the exact gradient scale",
         f"- attacks: {first.n} test images; FGSM and PGD-L∞ at ε∞ ∈ {list(s.eps_linf)}, PGD-L2 and LoRa-PGD "
-        f"(rank fraction {s.lora_rank:g}) at ε₂ ∈ {list(s.eps_l2)}; PGD and LoRa-PGD {s.steps} steps; each network "
+        f"(rank r = {_lora_r(result)} per channel) at ε₂ ∈ {list(s.eps_l2)}; PGD and LoRa-PGD {s.steps} steps; each network "
         "attacked with attacks built on itself",
         f"- device: {first.device}; robustlr {__version__}, torch {torch.__version__}; started {started}\n",
         "## Summary\n",
@@ -136,7 +142,7 @@ def _markdown(result: DemoResult, summary: list[dict[str, Any]], started: str) -
         "Means over images and channels of δ = x_adv − x: effective rank, stable rank, nuclear norm, and the energy "
         "fraction of the top singular values at LoRa-PGD's rank (the LoRa-PGD paper's observation: most of a PGD "
         "perturbation's energy lies in a few singular directions).\n",
-        markdown_table(_spectrum_rows(result), list(_spectrum_rows(result)[0])),
+        markdown_table(spectrum_rows, list(spectrum_rows[0])),
         "\n![energy curves](energy.png)\n",
         shifts_md,
         "## Files\n",

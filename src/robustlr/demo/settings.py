@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..attacks.projections import resolve_rank
 from ..checks import check_int, check_number
 from ..train import TrainConfig
 
-__all__ = ["MODELS", "NORMS", "DemoSettings"]
+__all__ = ["IMAGE_SIDE", "MODELS", "NORMS", "DemoSettings"]
 
 MODELS: dict[str, dict[str, object]] = {
     "dense": {"method": "dense"},
@@ -18,6 +19,9 @@ MODELS: dict[str, dict[str, object]] = {
 """The three networks: name -> :class:`~robustlr.train.TrainConfig` keys (rank fraction 0.2 of each layer's
 ``min(n, m)``; CondLR keeps ``κ(S) ≤ 1 + τ`` with ``τ = 0.1``, with the exact Riemannian gradient scale,
 which learns markedly faster in a few epochs than the default (σ_min/σ_max)² scale)."""
+
+IMAGE_SIDE = 28
+"""Height and width of a Fashion-MNIST image: LoRa-PGD's rank is at most this."""
 
 NORMS: dict[str, tuple[str, ...]] = {"linf": ("fgsm", "pgd-linf"), "l2": ("pgd-l2", "lora-pgd")}
 """Threat model -> the attacks evaluated in it (names of :func:`robustlr.attacks.build_attack`)."""
@@ -36,7 +40,7 @@ class DemoSettings:
             LoRa-PGD), in pixel units of ``[0, 1]`` images; ε = 0 is the clean accuracy, measured once.
         summary_linf / summary_l2: the budgets shown in the printed summary and used for the spectrum study.
         steps: iterations of PGD and LoRa-PGD.
-        lora_rank: LoRa-PGD rank, a fraction of the image side (0.2 · 28 → r = 6).
+        lora_rank: LoRa-PGD rank: a fraction in (0, 1] of the image side (0.2 · 28 → r = 6) or an int in [1, 28].
         n_spectrum: test images whose PGD perturbations are decomposed.
     """
 
@@ -49,7 +53,7 @@ class DemoSettings:
     summary_linf: float = 0.05
     summary_l2: float = 1.0
     steps: int = 10
-    lora_rank: float = 0.2
+    lora_rank: int | float = 0.2
     n_spectrum: int = 256
     seed: int = 0
 
@@ -60,7 +64,7 @@ class DemoSettings:
             check_int(name, getattr(self, name), 1)
         if self.n_spectrum > self.n_test:
             raise ValueError(f"n_spectrum must be at most n_test = {self.n_test}, got {self.n_spectrum}")
-        check_number("lora_rank", self.lora_rank, 0.0, strict=True)
+        resolve_rank(self.lora_rank, IMAGE_SIDE, "lora_rank")
         for grid, summary in (("eps_linf", "summary_linf"), ("eps_l2", "summary_l2")):
             values = getattr(self, grid)
             for eps in values:
