@@ -32,6 +32,7 @@ def test_report_files_are_complete(demo):
     for name in figures:
         assert f"]({name})" in report, name
         assert (demo / name).read_bytes().startswith(PNG), name
+    assert "| condlr − low-rank |" in report and "| condlr − dense " in report
     for section in ("## Summary", "## Robust accuracy vs ε", "## Conditioning", "## Compression", "## Spectrum"):
         assert section in report
     for model in MODELS:
@@ -90,7 +91,7 @@ def test_rerun_reuses_finished_models_and_refuses_other_settings(demo, capsys):
     assert [{k: v for k, v in row.items() if k != "train_seconds"} for row in after] == \
            [{k: v for k, v in row.items() if k != "train_seconds"} for row in before]
     printed = capsys.readouterr().out
-    assert all(m in printed for m in MODELS) and "lora-pgd" in printed
+    assert all(m in printed for m in MODELS) and "lora-pgd" in printed and "condlr − low-rank" in printed
     assert main(["demo", "--quick", "--seed", "1", "--out", str(demo), "--no-progress"]) == 2
     assert "seed" in capsys.readouterr().err
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..demo import DemoSettings, run_demo
-from ..demo.report import SUMMARY, summary_rows
+from ..demo.report import SUMMARY, comparison_rows, summary_rows
 from ..report import format_table
 from .options import add_run_options
 
@@ -25,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(summary, {**SUMMARY, **{k: k for k in summary[0] if k not in SUMMARY}}))
     for name, message in result.failed.items():
         print(f"{name} diverged and is left out: {message}")
+    comparisons = comparison_rows(summary)
+    if comparisons:
+        print("\ndifferences in accuracy points (one seed: a point or two is noise):")
+        print(format_table(comparisons, list(comparisons[0])))
     print(f"\nreport written to {out}/report.md in {time.perf_counter() - t0:.0f} s; trained models in {out}/<model>/last.pt "
           f"(attack them further with: robustlr evaluate --checkpoint {out}/condlr/last.pt)")
     return 0

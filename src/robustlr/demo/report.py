@@ -23,7 +23,7 @@ from ..report import SUMMARY_COLUMNS, markdown_table, plot_bars, plot_energy_cur
 from .results import DemoResult, ModelResult
 from .settings import IMAGE_SIDE, NORMS
 
-__all__ = ["SUMMARY", "summary_rows", "write_demo_report"]
+__all__ = ["COMPARISONS", "SUMMARY", "comparison_rows", "summary_rows", "write_demo_report"]
 
 SUMMARY = {"model": "model", "weights": "weights", "param_reduction": "saved", "kappa_max": "max κ",
            "clean": "clean acc", "train_seconds": "train s"}
@@ -74,6 +74,19 @@ def summary_rows(result: DemoResult) -> list[dict[str, Any]]:
     return rows
 
 
+COMPARISONS = (("condlr", "low-rank"), ("condlr", "dense"), ("low-rank", "dense"))
+"""Pairs ``(a, b)`` of networks whose summary rows are compared (``a − b``) in the report."""
+
+
+def comparison_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``a − b`` in accuracy points (clean and every robust column) for each pair of :data:`COMPARISONS`
+    whose two networks trained; positive means ``a`` is more accurate or more robust."""
+    rows = {row["model"]: row for row in summary}
+    columns = ["clean", *(k for k in summary[0] if k not in SUMMARY)]
+    return [{"comparison": f"{a} − {b}", **{c: round(100 * (rows[a][c] - rows[b][c]), 1) for c in columns}}
+            for a, b in COMPARISONS if a in rows and b in rows]
+
+
 def _accuracy_figures(result: DemoResult) -> list[Path]:
     paths = []
     for attack in _attacks():
@@ -108,6 +121,7 @@ def _markdown(result: DemoResult, summary: list[dict[str, Any]], started: str) -
     ]
     attacks_md = "".join(f"![accuracy under {_label(result, a)}](accuracy-{file_stem(a)}.png)\n" for a in _attacks())
     spectrum_rows = _spectrum_rows(result)
+    comparisons = comparison_rows(summary)
     shifts_md = "".join(f"![relative singular-value shift, {m.name}](shift-{file_stem(m.name)}.png)\n" for m in result.models)
     return "\n".join([
         "# robustlr demo: dense, low-rank and CondLR LeNet5 on Fashion-MNIST, attacked\n",
@@ -124,6 +138,9 @@ def _markdown(result: DemoResult, summary: list[dict[str, Any]], started: str) -
         "`max κ` the largest condition number over the layers.\n",
         markdown_table(summary, {**SUMMARY, **{k: k for k in summary[0] if k not in SUMMARY}}),
         "".join(f"\n**{name} diverged** and is left out: {message}\n" for name, message in result.failed.items()),
+        "\nDifferences in accuracy points (positive: the first network is more accurate or more robust); one seed "
+        "and a finite test set, so a point or two is within the noise:\n",
+        markdown_table(comparisons, list(comparisons[0])) if comparisons else "",
         "\n## Robust accuracy vs ε\n",
         attacks_md,
         markdown_table(eval_rows, {"model": "model", **SUMMARY_COLUMNS}),
