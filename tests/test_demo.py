@@ -99,7 +99,7 @@ def test_rerun_reuses_finished_models_and_refuses_other_settings(demo, capsys):
 @pytest.mark.parametrize("kwargs, match", [
     ({"eps_l2": (2.0, 1.0)}, "eps_l2"), ({"summary_linf": 0.3}, "summary_linf"), ({"n_spectrum": 5000}, "n_spectrum"),
     ({"epochs": 0}, "epochs"), ({"eps_linf": (0.0, 0.1)}, "eps_linf"), ({"lora_rank": -1.0}, "lora_rank"),
-    ({"lora_rank": 2.0}, "lora_rank"), ({"lora_rank": 29}, "lora_rank"),
+    ({"lora_rank": 2.0}, "lora_rank"), ({"lora_rank": 29}, "lora_rank"), ({"device": "gpu0"}, "device"),
     ({"train_subset": 5}, "train_subset"),
 ])
 def test_bad_settings_name_the_argument(kwargs, match):

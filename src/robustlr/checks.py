@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["check_choice", "check_fraction", "check_int", "check_number"]
+import torch
+
+__all__ = ["check_choice", "check_device", "check_fraction", "check_int", "check_number"]
 
 
 def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
@@ -50,3 +52,14 @@ def check_number(name: str, value: object, minimum: float = 0.0, strict: bool = 
     ):
         raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
     return float(value)
+
+
+def check_device(name: str, value: object) -> torch.device:
+    """Return ``value`` as a :class:`torch.device` if it names one this machine has (CUDA only when available)."""
+    try:
+        device = torch.device(value)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must be a torch device such as cpu, cuda or cuda:1; got {value!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} must be one this machine has (cpu; CUDA is not available); got {value!r}")
+    return device

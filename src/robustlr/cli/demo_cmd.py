@@ -15,7 +15,7 @@ __all__ = ["register"]
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = DemoSettings.quick(args.seed) if args.quick else DemoSettings(seed=args.seed)
+    settings = DemoSettings.quick(args.seed, args.device) if args.quick else DemoSettings(seed=args.seed, device=args.device)
     out = Path(args.out) if args.out else Path("runs") / "demo"
     t0 = time.perf_counter()
     result = run_demo(settings, out, data_root=args.data_root, progress=not args.no_progress)
@@ -40,5 +40,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help=text, description=text)
     p.add_argument("--quick", action="store_true", help="a sub-minute version (1 epoch on 6000 images, 200 test images)")
     p.add_argument("--data-root", metavar="DIR", help="directory holding Fashion-MNIST (default: discovered)")
-    add_run_options(p, "demo")
+    add_run_options(p, "demo", out_default="runs/demo; a rerun reuses its finished networks")
     p.set_defaults(handler=run)

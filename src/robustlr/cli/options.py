@@ -97,11 +97,14 @@ def add_attack_options(p: argparse.ArgumentParser, attacks: list[str]) -> None:
     p.set_defaults(default_attacks=attacks)
 
 
-def add_run_options(p: argparse.ArgumentParser, command: str) -> None:
+def add_run_options(p: argparse.ArgumentParser, command: str, out_default: str | None = None) -> None:
+    """``--seed --device --out --no-progress --config``; ``out_default`` is the output directory used without
+    ``--out`` (default: ``runs/<command>-<timestamp>``)."""
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
-    g.add_argument("--out", metavar="DIR", help=f"output directory (default: runs/{command}-<timestamp>)")
+    g.add_argument("--out", metavar="DIR",
+                   help=f"output directory (default: {out_default or f'runs/{command}-<timestamp>'})")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file (same keys, e.g. "
                                                          "eps = [0.1], attack = ['pgd-l2']); the command line wins")

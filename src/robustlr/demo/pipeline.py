@@ -38,7 +38,7 @@ def _train(config: TrainConfig, progress: bool) -> tuple[nn.Module, dict[str, An
     seconds its epochs took."""
     ensure_trained(config, progress)
     out = Path(config.out)
-    model, _ = load_trained(out / "last.pt")
+    model, _ = load_trained(out / "last.pt", device=config.device)
     return model, json.loads((out / "summary.json").read_text()), train_seconds(out)
 
 
@@ -80,7 +80,7 @@ def run_demo(settings: DemoSettings, out: Path, *, data_root: str | None = None,
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     test = load_dataset("fashion-mnist", "test", root=data_root)
-    x, y = test.images[: settings.n_test], test.labels[: settings.n_test]
+    x, y = test.images[: settings.n_test].to(settings.device), test.labels[: settings.n_test].to(settings.device)
     models, failed = [], {}
     for i, name in enumerate(MODELS, 1):
         config = settings.train_config(name, out, data_root)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..attacks.projections import resolve_rank
-from ..checks import check_int, check_number
+from ..checks import check_device, check_int, check_number
 from ..train import TrainConfig
 
 __all__ = ["IMAGE_SIDE", "MODELS", "NORMS", "DemoSettings"]
@@ -42,6 +42,8 @@ class DemoSettings:
         steps: iterations of PGD and LoRa-PGD.
         lora_rank: LoRa-PGD rank: a fraction in (0, 1] of the image side (0.2 · 28 → r = 6) or an int in [1, 28].
         n_spectrum: test images whose PGD perturbations are decomposed.
+        seed: seed of the training runs (initialisation, split, data order) and of the attacks.
+        device: where the networks train and are attacked (``cpu``, ``cuda``, ``cuda:1``, …).
     """
 
     train_subset: int | None = 20000
@@ -56,6 +58,7 @@ class DemoSettings:
     lora_rank: int | float = 0.2
     n_spectrum: int = 256
     seed: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.train_subset is not None:
@@ -65,6 +68,7 @@ class DemoSettings:
         if self.n_spectrum > self.n_test:
             raise ValueError(f"n_spectrum must be at most n_test = {self.n_test}, got {self.n_spectrum}")
         resolve_rank(self.lora_rank, IMAGE_SIDE, "lora_rank")
+        check_device("device", self.device)
         for grid, summary in (("eps_linf", "summary_linf"), ("eps_l2", "summary_l2")):
             values = getattr(self, grid)
             for eps in values:
@@ -75,10 +79,10 @@ class DemoSettings:
                 raise ValueError(f"{summary} must be one of {grid} = {values!r}, got {getattr(self, summary)!r}")
 
     @classmethod
-    def quick(cls, seed: int = 0) -> DemoSettings:
+    def quick(cls, seed: int = 0, device: str = "cpu") -> DemoSettings:
         """The sub-minute version: one epoch on 6 000 images, 200 test images, short grids."""
         return cls(train_subset=6000, epochs=1, n_test=200, eps_linf=(0.05, 0.1), eps_l2=(1.0, 2.0),
-                   steps=5, n_spectrum=64, seed=seed)
+                   steps=5, n_spectrum=64, seed=seed, device=device)
 
     def train_config(self, name: str, out: Path, data_root: str | None = None) -> TrainConfig:
         """The training run of model ``name`` (a key of :data:`MODELS`) in ``out/name``."""
@@ -90,5 +94,5 @@ class DemoSettings:
             "val_fraction": self.val_fraction, "train_subset": self.train_subset,
             # the demo evaluates every model itself; the trainer's own evaluation is kept to a clean pass
             "eval_eps": [0.0], "eval_n": self.n_test, "eval_steps": 1,
-            "out": str(out / name), "data_root": data_root,
+            "out": str(out / name), "data_root": data_root, "device": self.device,
         })

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustlr.checks import check_device
 from robustlr.data import ImageDataset, load_dataset, train_val_split
 from robustlr.evaluate import EvaluationResult
 from robustlr.report import atomic_write_text, write_report
@@ -116,13 +117,7 @@ def _load_splits(config: TrainConfig) -> _Splits:
 
 
 def _device(config: TrainConfig) -> torch.device:
-    try:
-        device = torch.device(config.device)
-    except RuntimeError:
-        raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1; got {config.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device must be one this machine has (cpu; CUDA is not available); got {config.device!r}")
-    return device
+    return check_device("device", config.device)
 
 
 class _Run:
