@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluate import EvaluationResult
+from ..evaluation.result import same_eps
 from ..evaluation.spectrum import SpectrumStats
 from ..train import TrainConfig
 from .settings import DemoSettings
@@ -42,7 +43,7 @@ class ModelResult:
             return self.clean_accuracy
         for result in self.evaluations.values():
             for row in result.attacks:
-                if row.attack == attack and row.eps is not None and abs(row.eps - eps) <= 1e-12:
+                if row.attack == attack and same_eps(row.eps, eps):
                     return row.robust_accuracy
         raise ValueError(f"attack {attack!r} at eps {eps:g} was not evaluated on {self.name}")
 

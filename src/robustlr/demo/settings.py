@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..attacks.projections import resolve_rank
-from ..checks import check_device, check_int, check_number
+from ..checks import check_device, check_int
+from ..reproduce.settings import eps_list
 from ..train import TrainConfig
 
 __all__ = ["IMAGE_SIDE", "MODELS", "NORMS", "DemoSettings"]
@@ -71,9 +72,7 @@ class DemoSettings:
         check_device("device", self.device)
         for grid, summary in (("eps_linf", "summary_linf"), ("eps_l2", "summary_l2")):
             values = getattr(self, grid)
-            for eps in values:
-                check_number(grid, eps, 0.0, strict=True)
-            if not values or list(values) != sorted(set(values)):
+            if eps_list(grid, values) != list(values):
                 raise ValueError(f"{grid} must be a non-empty increasing tuple of budgets > 0, got {values!r}")
             if getattr(self, summary) not in values:
                 raise ValueError(f"{summary} must be one of {grid} = {values!r}, got {getattr(self, summary)!r}")
