@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import tomllib
 from datetime import datetime
@@ -115,8 +116,19 @@ def options_record(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("handler", "default_attacks")}
 
 
-def default_out(command: str) -> Path:
-    return Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+def default_out(command: str, parent: Path = Path("runs")) -> Path:
+    """A new, empty output directory ``runs/<command>-<YYYYmmdd-HHMMSS>-<n>``, created here so that two
+    commands started in the same second never share one (``mkdir`` without ``exist_ok`` is the arbiter)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = parent / f"{command}-{stamp}-{n}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
