@@ -1,13 +1,16 @@
 """``ensure_trained``: a finished run of the same settings is reused, one of other settings refused, one with
-more epochs continued; ``train_seconds`` sums the logged epoch times."""
+more epochs continued, one whose files cannot be read resumed or trained again (its files kept);
+``train_seconds`` sums the logged epoch times; malformed JSON files are errors naming the file."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from robustlr.train import TrainConfig, ensure_trained, train_seconds
+from robustlr.train.reuse import read_json, why_unfinished
 
 
 def _config(out, **changes) -> TrainConfig:
@@ -31,3 +34,65 @@ def test_reuse_refuse_and_extend(fmnist, tmp_path):
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert train_seconds(out) == pytest.approx(sum(h["seconds"] for h in history)) and train_seconds(out) > 0
+
+
+def _finished_run(out):
+    assert ensure_trained(_config(out), progress=False) is True
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_an_empty_last_pt_is_not_reused_the_run_is_trained_again(fmnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    files = _finished_run(out)
+    (out / "last.pt").write_bytes(b"")
+    assert why_unfinished(out) == f"{out / 'last.pt'} is empty (0 bytes)"
+    assert ensure_trained(_config(out), progress=False) is True       # not reused: resume.pt is at the last epoch
+    err = capsys.readouterr().err
+    assert "last.pt is empty (0 bytes)" in err and "training it again from scratch" in err and "set-aside-1" in err
+    assert why_unfinished(out) is None and torch.load(out / "last.pt", weights_only=True)
+    aside = out / "set-aside-1"                                         # nothing is deleted
+    assert (aside / "last.pt").read_bytes() == b"" and (aside / "summary.json").read_bytes() == files["summary.json"]
+    assert ensure_trained(_config(out), progress=False) is False       # and now it is finished
+
+
+def test_an_unreadable_checkpoint_or_summary_is_resumed_from_resume_pt(fmnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    _finished_run(out)
+    (out / "summary.json").write_text("{not json")                     # resume.pt redoes the final evaluation
+    stamp = (out / "last.pt").stat().st_mtime_ns
+    assert "summary.json: not valid JSON" in why_unfinished(out)
+    assert ensure_trained(_config(out), progress=False) is True
+    assert "resuming from" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 1
+    assert (out / "last.pt").stat().st_mtime_ns == stamp and not (out / "set-aside-1").exists()
+    (out / "last.pt.json").write_text("[]")                            # a sidecar that is not an object
+    assert why_unfinished(out).endswith("last.pt.json: expected a JSON object with the keys "
+                                        "['train_config', 'model_args'], got list")
+    assert ensure_trained(_config(out, epochs=2), progress=False) is True  # epoch 2 rewrites last.pt
+    assert why_unfinished(out) is None and not (out / "set-aside-1").exists()
+    assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2]
+
+
+def test_a_malformed_config_json_is_refused_naming_the_file(fmnist, tmp_path):
+    out = tmp_path / "run"
+    files = _finished_run(out)
+    (out / "config.json").write_text('{"method": ')
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON \(Expecting value"):
+        ensure_trained(_config(out), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {**files, "config.json": b'{"method": '}
+
+
+@pytest.mark.parametrize("text, problem", [
+    (b"", "not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+    (b"\xff\xfe", "not valid JSON ('utf-8' codec can't decode"),
+    (b"[1, 2]", "expected a JSON object with the keys ['history'], got list"),
+    (b"{}", "expected a JSON object with the keys ['history']; missing ['history']"),
+    (b'{"history": [{"epoch": 1}]}', "history must be a list of epoch records with 'seconds'"),
+])
+def test_read_json_and_train_seconds_name_the_file_and_the_problem(tmp_path, text, problem):
+    (tmp_path / "metrics.json").write_bytes(text)
+    with pytest.raises(ValueError) as error:
+        train_seconds(tmp_path)
+    assert str(error.value).startswith(f"{tmp_path / 'metrics.json'}: {problem}")
+    with pytest.raises(ValueError, match="missing; expected a JSON object"):
+        read_json(tmp_path / "nothing.json")
