@@ -356,10 +356,54 @@ def test_not_a_state_dict(tmp_path: Path, lenet: nn.Module, content: object, fra
 
 def test_unreadable_and_missing_files(tmp_path: Path, lenet: nn.Module) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="could not be read as a torch file"):
+    with pytest.raises(ValueError, match=r"checkpoint '.*junk.pt' is not a torch file \(truncated or corrupt"):
         load_checkpoint(tmp_path / "junk.pt", lenet)
     with pytest.raises(ValueError, match="path must be an existing checkpoint file"):
         load_checkpoint(tmp_path / "absent.pt", lenet)
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "zeroed": data[:100] + bytes(len(data) - 100)}[how])
+
+
+@pytest.mark.parametrize(
+    ("how", "fragment"),
+    [
+        ("empty", "is empty (0 bytes)"),
+        ("truncated", "is not a torch file (truncated or corrupt: not a complete zip archive"),
+        ("zeroed", "is not a torch file (truncated or corrupt: "),
+    ],
+)
+def test_damaged_checkpoint_says_what_is_wrong(tmp_path: Path, lenet: nn.Module, how: str, fragment: str) -> None:
+    path = tmp_path / "lenet.pt"
+    save_checkpoint(path, lenet)
+    _damage(path, how)
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {str(path)!r} ") and fragment in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "fragment"),
+    [
+        ("", "is empty (0 bytes)"),
+        ('{"model": "lenet5",\n "model_args": {"name": "lenet5"}', "is not valid JSON (line 2 column"),
+        ("[1, 2]", "expected a JSON object, got a list"),
+        ('{"model_args": ["lenet5"]}', "model_args must be an object of create() arguments with a 'name'"),
+        ('{"model_args": {"name": "lenet5", "widht": 3}}', "do not build a model: options ['widht']"),
+        ('{"model_args": {"name": "lenet5", "num_classes": "ten"}}', "do not build a model"),
+    ],
+)
+def test_malformed_sidecar_names_the_file(tmp_path: Path, lenet: nn.Module, sidecar: str, fragment: str) -> None:
+    path = tmp_path / "lenet.pt"
+    save_checkpoint(path, lenet)
+    sidecar_path(path).write_text(sidecar)
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert str(sidecar_path(path)) in message and fragment in message
 
 
 def test_mismatched_checkpoint_lists_keys(tmp_path: Path, lenet: nn.Module) -> None:

@@ -2,7 +2,7 @@
 checkpoints with JSON sidecars, and loading users' own models from a file."""
 
 from .activation import ACTIVATIONS, LEAKY_RELU_SLOPE, make_activation
-from .checkpoint import load_checkpoint, save_checkpoint, sidecar_path
+from .checkpoint import load_checkpoint, model_from_sidecar, save_checkpoint, sidecar_path
 from .lenet import LeNet5
 from .mlp import MLP
 from .normalize import Normalize, with_normalization
@@ -27,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "load_model_file",
     "make_activation",
+    "model_from_sidecar",
     "preact_resnet18",
     "save_checkpoint",
     "sidecar_path",

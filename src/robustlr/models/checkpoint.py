@@ -15,9 +15,7 @@ Both are written atomically (temporary file in the same directory, then
 import io
 import json
 import os
-import pickle
-import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from torch import nn
 
 import robustlr
 
-from ..files import atomic_write_bytes, atomic_write_text
+from ..files import TorchObjectsError, atomic_write_bytes, atomic_write_text, read_json, read_torch
 from .registry import create, creation_args
 
 _SHOWN_KEYS = 5  # offending keys listed in error messages
@@ -89,33 +87,38 @@ def save_checkpoint(
 
 
 def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The sidecar of the checkpoint at ``path`` (``None`` if there is none); a damaged one is a ValueError
+    naming it (:func:`~robustlr.files.read_json`)."""
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
         return None
+    return read_json(sidecar, "sidecar")
+
+
+def model_from_sidecar(
+    meta: Mapping[str, Any], sidecar: Path, build: Callable[[Mapping[str, Any]], nn.Module]
+) -> nn.Module:
+    """``build(meta["model_args"])``, with every way a sidecar's ``model_args`` can be malformed (not an
+    object with a ``"name"``, arguments the model does not take, values it refuses) raised as one
+    ``ValueError`` that names the sidecar file."""
+    args = meta.get("model_args")
+    if not isinstance(args, Mapping) or not isinstance(args.get("name"), str):
+        raise ValueError(f"sidecar {str(sidecar)!r}: model_args must be an object of create() arguments with a "
+                         f"'name'; got {args!r}")
     try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"sidecar {str(sidecar)!r} could not be read as JSON: {error}") from error
-    if not isinstance(meta, dict):
-        raise ValueError(f"sidecar {str(sidecar)!r} must hold a JSON object, got {meta!r}")
-    return meta
+        return build(args)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"sidecar {str(sidecar)!r}: model_args {dict(args)!r} do not build a model: {error}") from None
 
 
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as error:
-        if not zipfile.is_zipfile(path):
-            raise ValueError(
-                f"{str(path)!r} could not be read as a torch file "
-                "(it is not the zip archive torch.save writes)"
-            ) from error
+        state = read_torch(path, "checkpoint")
+    except TorchObjectsError as error:
         raise ValueError(
             f"{str(path)!r} is not a state dict: it pickles objects other than tensors "
             "(a whole model saved with torch.save(model)?); save model.state_dict() instead"
         ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{str(path)!r} could not be read as a torch file: {error}") from error
     if not isinstance(state, Mapping):
         raise ValueError(
             f"{str(path)!r} is not a state dict: it holds a {type(state).__name__}, "
@@ -184,7 +187,7 @@ def load_checkpoint(
                 f"{str(sidecar_path(path))!r} {problem}; "
                 "pass model=<a module of the same architecture>"
             )
-        model = create(**meta["model_args"])
+        model = model_from_sidecar(meta, sidecar_path(path), lambda args: create(**args))
     state = _read_state_dict(path)
     _check_match(path, model, state)
     model.load_state_dict(state)
