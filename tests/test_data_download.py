@@ -305,6 +305,27 @@ def test_cifar_archive_is_verified_extracted_and_removed(
     assert entries(tmp_path / "env" / "cifar10") == ["cifar-10-batches-py"]
 
 
+def test_download_into_a_root_that_is_a_file_is_refused_before_any_request(
+    server: FixtureServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(REMOTE_FILES, "mnist", serve_idx_dataset(server))
+    (tmp_path / "root").write_text("a file")
+    with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'root'} is not a directory"):
+        load_dataset("mnist", "train", root=tmp_path / "root", download=True)
+    assert server.requests == []
+
+
+def test_an_archive_that_is_not_a_tar_is_a_download_error_and_is_removed(
+    server: FixtureServer, tmp_path: Path
+) -> None:
+    body = b"this is not a tar archive" * 10
+    url = server.serve("/cifar-10-python.tar.gz", body)
+    registry = {"cifar10": (RemoteFile(url, md5=md5(body), sha256=sha256(body), extract=True),)}
+    with pytest.raises(DownloadError, match="cifar-10-python.tar.gz: not a readable tar archive"):
+        download_dataset("cifar10", tmp_path / "cifar10", registry=registry, progress=False)
+    assert entries(tmp_path / "cifar10") == []
+
+
 def test_download_dataset_unknown_name(tmp_path: Path) -> None:
     allowed = "'fashion-mnist', 'mnist', 'cifar10', 'cifar100'"
     with pytest.raises(ValueError, match=f"^name must be one of {allowed}; got 'svhn'$"):

@@ -19,6 +19,7 @@ from robustlr.data import (
     DATA_ENV_VAR,
     DATASET_NAMES,
     SYSTEM_DATA_DIR,
+    DataRootError,
     DatasetNotFoundError,
     ImageDataset,
     load_dataset,
@@ -270,18 +271,86 @@ def test_restricted_unpickler_refuses_builtins(tmp_path: Path) -> None:
 def test_discovery_order_and_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "env"))
-    assert search_dirs("mnist", tmp_path / "root") == [
-        tmp_path / "root",
-        tmp_path / "root" / "mnist",
+    assert search_dirs("mnist") == [
         tmp_path / "env",
         tmp_path / "env" / "mnist",
         tmp_path / "home" / ".cache" / "robustlr" / "mnist",
         SYSTEM_DATA_DIR / "mnist",
     ]
+    assert search_dirs("mnist", tmp_path / "root") == [tmp_path / "root", tmp_path / "root" / "mnist"]  # root alone
     write_mnist_layout(tmp_path / "env" / "mnist", n_train=10)
     assert len(load_dataset("mnist", "train")) == 10  # found through $ROBUSTLR_DATA/<name>
     write_mnist_layout(tmp_path / "root", n_train=12)
-    assert len(load_dataset("mnist", "train", root=tmp_path / "root")) == 12  # root comes first
+    assert len(load_dataset("mnist", "train", root=tmp_path / "root")) == 12
+
+
+def test_env_var_keeps_searching_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "env"))
+    write_mnist_layout(tmp_path / "env", n_train=10)
+    (tmp_path / "env" / "t10k-labels-idx1-ubyte.gz").unlink()
+    write_mnist_layout(tmp_path / "home" / ".cache" / "robustlr" / "mnist", n_test=7)
+    assert len(load_dataset("mnist", "train")) == 10 and len(load_dataset("mnist", "test")) == 7
+
+
+@pytest.fixture
+def data_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A complete MNIST in $ROBUSTLR_DATA, which a named root must never fall back to."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "env"))
+    write_mnist_layout(tmp_path / "env" / "mnist")
+    assert len(load_dataset("mnist", "test")) == 20
+    return tmp_path
+
+
+ROOT_IS_ONLY_PLACE = "A root you name is the only place looked in"
+
+
+def test_a_root_that_does_not_exist_is_an_error_naming_it(data_elsewhere: Path) -> None:
+    root = data_elsewhere / "typo"
+    with pytest.raises(DataRootError) as caught:
+        load_dataset("mnist", "test", root=root)
+    assert str(caught.value) == (
+        f"mnist (test split) not found: root= (CLI: --data-root) {root} does not exist. {ROOT_IS_ONLY_PLACE}: "
+        f"name the directory holding the files, or leave the root out to search $ROBUSTLR_DATA, ~/.cache/robustlr "
+        f"and {SYSTEM_DATA_DIR}"
+    )
+    assert isinstance(caught.value, DatasetNotFoundError) and caught.value.root == root
+    assert caught.value.searched == (root, root / "mnist")
+
+
+def test_a_root_that_is_a_file_is_an_error_naming_it(data_elsewhere: Path) -> None:
+    root = data_elsewhere / "train-images-idx3-ubyte.gz"
+    root.write_bytes(b"not a directory")
+    with pytest.raises(NotADirectoryError, match=f"^root= \\(CLI: --data-root\\) {root} is not a directory"):
+        load_dataset("mnist", "train", root=root)
+
+
+def test_an_empty_root_is_an_error_naming_what_it_lacks(data_elsewhere: Path) -> None:
+    root = data_elsewhere / "empty"
+    root.mkdir()
+    with pytest.raises(DataRootError) as caught:
+        load_dataset("mnist", "train", root=root)
+    assert (f"{root} lacks train-images-idx3-ubyte.gz (or train-images-idx3-ubyte), train-labels-idx1-ubyte.gz "
+            f"(or train-labels-idx1-ubyte) (looked in {root} and {root / 'mnist'}). {ROOT_IS_ONLY_PLACE}") \
+        in str(caught.value)
+
+
+def test_a_root_without_the_labels_file_names_it(data_elsewhere: Path) -> None:
+    root = data_elsewhere / "root"
+    write_mnist_layout(root / "mnist")
+    (root / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert len(load_dataset("mnist", "train", root=root)) == 30  # the train split is complete
+    with pytest.raises(DataRootError) as caught:
+        load_dataset("mnist", "test", root=root)
+    assert caught.value.missing == ("t10k-labels-idx1-ubyte",)
+    assert f"{root} lacks t10k-labels-idx1-ubyte.gz (or t10k-labels-idx1-ubyte) (looked in" in str(caught.value)
+
+
+@pytest.mark.parametrize("root", ["", 3, b"/tmp"])
+def test_a_root_that_is_not_a_path_is_refused(root: object) -> None:
+    with pytest.raises(ValueError, match=f"^root \\(CLI: --data-root\\) must be a directory path; got {root!r}$"):
+        load_dataset("mnist", "train", root=root)
 
 
 def test_missing_dataset_error_lists_places_and_remedies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,13 +358,13 @@ def test_missing_dataset_error_lists_places_and_remedies(tmp_path: Path, monkeyp
     monkeypatch.delenv(DATA_ENV_VAR, raising=False)
     monkeypatch.setattr("robustlr.data.discovery.SYSTEM_DATA_DIR", tmp_path / "system")
     with pytest.raises(DatasetNotFoundError) as caught:
-        load_dataset("fashion-mnist", "train", root=tmp_path / "nowhere")
+        load_dataset("fashion-mnist", "train")
     error = caught.value
     assert isinstance(error, FileNotFoundError)
     message = str(error)
     for directory in error.searched:
         assert str(directory) in message
-    assert str(tmp_path / "nowhere") in message and str(tmp_path / "home" / ".cache" / "robustlr") in message
+    assert str(tmp_path / "home" / ".cache" / "robustlr") in message and "Tried:" not in message
     assert "apt-get install dataset-fashion-mnist" in message
     assert "download=True" in message and "--data-root" in message
     assert "train-images-idx3-ubyte.gz" in message

@@ -1,4 +1,4 @@
-"""Datasets for robustlr: readers, discovery, verified downloads, seeded loaders and augmentation.
+"""Datasets for robustlr: readers, discovery, verified downloads, provisioning, seeded loaders and augmentation.
 
 Typical use::
 
@@ -8,18 +8,31 @@ Typical use::
     train, val = train_val_split(train, val_fraction=0.1, seed=0)
     for images, labels in make_loader(train, batch_size=128, shuffle=True, seed=0):
         ...
+
+    provision("fashion-mnist")   # found, else apt-get (Debian, root), else downloaded; else a clear error
 """
 
+from .apt import PackageInstallError
 from .augment import RandomCropFlip
 from .catalog import DATASET_NAMES, REMOTE_FILES, SPLITS, STORED_DATASETS, RemoteFile, StoredDataset
 from .cifar import RestrictedUnpickler, load_pickle, read_cifar_dataset
 from .datasets import load_dataset
 from .digits import load_digits
-from .discovery import DATA_ENV_VAR, SYSTEM_DATA_DIR, DatasetNotFoundError, download_dir, find_split_files, search_dirs
+from .discovery import (
+    DATA_ENV_VAR,
+    SYSTEM_DATA_DIR,
+    DataRootError,
+    DatasetNotFoundError,
+    download_dir,
+    find_split_files,
+    root_dir,
+    search_dirs,
+)
 from .download import DownloadError, download_dataset, download_file, extract_tar, file_matches
 from .idx import parse_idx, read_idx, read_idx_dataset
 from .image_dataset import ImageDataset
 from .loaders import make_loader, train_val_split
+from .provision import provision
 from .synthetic import make_synthetic
 
 __all__ = [
@@ -29,6 +42,7 @@ __all__ = [
     "SPLITS",
     "STORED_DATASETS",
     "SYSTEM_DATA_DIR",
+    "DataRootError",
     "DatasetNotFoundError",
     "DownloadError",
     "ImageDataset",
@@ -47,10 +61,13 @@ __all__ = [
     "load_pickle",
     "make_loader",
     "make_synthetic",
+    "PackageInstallError",
     "parse_idx",
+    "provision",
     "read_cifar_dataset",
     "read_idx",
     "read_idx_dataset",
+    "root_dir",
     "search_dirs",
     "train_val_split",
 ]

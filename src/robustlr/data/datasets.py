@@ -28,8 +28,8 @@ def load_dataset(
         name: ``"fashion-mnist"``, ``"mnist"``, ``"cifar10"``, ``"cifar100"`` (read from files),
             ``"digits"`` (scikit-learn's 8x8 digits) or ``"synthetic"`` (seeded, generated).
         split: ``"train"`` or ``"test"``.
-        root: a directory holding the files (or a ``<name>`` subdirectory of it), searched first; see
-            :mod:`robustlr.data.discovery` for the full search order.
+        root: a directory holding the files (or a ``<name>`` subdirectory of it): the only place looked in
+            when given; without it the default places are searched (:mod:`robustlr.data.discovery`).
         download: if the files are not found, download and verify them into ``<root>/<name>``
             (else ``$ROBUSTLR_DATA/<name>``, else ``~/.cache/robustlr/<name>``).  ``root`` and
             ``download`` are unused by digits and synthetic, which need no files.
@@ -39,6 +39,9 @@ def load_dataset(
     Raises:
         ValueError: for an unknown ``name`` or ``split`` (listing the allowed values), options given
             to a dataset other than synthetic, or corrupted files (naming the file).
+        NotADirectoryError: if ``root`` exists and is not a directory (before anything is downloaded).
+        DataRootError: if ``root`` is given, does not hold the split (naming it and the files it lacks) and
+            ``download`` is false; a :class:`DatasetNotFoundError`.
         DatasetNotFoundError: if the files are missing and ``download`` is false.
         robustlr.data.DownloadError: if ``download`` is true and the download fails.
     """

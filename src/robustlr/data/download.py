@@ -155,17 +155,21 @@ def extract_tar(archive: str | os.PathLike[str], dest_dir: str | os.PathLike[str
     are then renamed into place, so a failed extraction leaves nothing behind.
 
     Raises:
-        DownloadError: for an unsafe member, or a top-level entry that already exists in ``dest_dir``.
+        DownloadError: for an unreadable archive, an unsafe member, or a top-level entry that already exists
+            in ``dest_dir``.
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".extract-"))
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(archive, member)
-            tar.extractall(staging, members=members, filter="data")
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                members = tar.getmembers()
+                for member in members:
+                    _check_member(archive, member)
+                tar.extractall(staging, members=members, filter="data")
+        except tarfile.TarError as error:
+            raise DownloadError(f"{archive}: not a readable tar archive: {error}") from error
         created = []
         for entry in sorted(staging.iterdir()):
             target = dest_dir / entry.name
