@@ -16,7 +16,7 @@ from torch import nn
 
 import robustlr
 from robustlr.attacks import FGSM
-from robustlr.evaluate import EvaluationResult, at_eps, evaluate
+from robustlr.evaluate import EvaluationResult, RobustnessWarning, at_eps, evaluate
 from robustlr.report import (
     atomic_write_text,
     format_table,
@@ -40,7 +40,8 @@ def result() -> EvaluationResult:
         "lora-pgd r=1": at_eps(lambda e: FGSM(model, e, "linf")),  # a name with a space and '='
         "identity | fixed": lambda x, y: x,  # a '|' that Markdown must escape
     }
-    return evaluate(model, (x, y), attacks, EPS_GRID, batch_size=5, progress=False, sanity=False)
+    with pytest.warns(RobustnessWarning, match="L2 and L∞ budgets were not merged"):
+        return evaluate(model, (x, y), attacks, EPS_GRID, batch_size=5, progress=False, sanity=False)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -73,10 +74,13 @@ def test_write_report_files(result, tmp_path):
 
     markdown = paths["markdown"].read_text()
     assert markdown.startswith("# test run\n")
-    assert re.search(r"^\| attack\s+\|\s+ε \| robust acc \| worst case \|", markdown, re.M)
+    assert re.search(r"^\| attack\s+\|\s+ε \| norm \| robust acc \| worst case \|", markdown, re.M)
     assert "identity \\| fixed" in markdown
     assert "![Robust accuracy vs ε](robust_accuracy.png)" in markdown
-    assert "None: every sanity check passed." in markdown
+    # the fixture mixes an L2 and an L∞ attack on one grid: the report says their worst cases were kept apart
+    assert "- L2 and L∞ budgets were not merged" in markdown
+    quiet = write_report(EvaluationResult(**{**vars(result), "warnings": []}), tmp_path / "quiet")
+    assert "None: every sanity check passed." in quiet["markdown"].read_text()
 
     width, height = png_size(paths["robust_accuracy"])
     assert width >= 300 and height >= 200 and paths["robust_accuracy"].stat().st_size > 1024

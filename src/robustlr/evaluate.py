@@ -10,7 +10,11 @@
 
 Every sample is attacked, also the misclassified ones (their perturbation norms are reported), but a sample
 counts as robust only if it is classified correctly both clean and under the attack.  The worst case at a
-budget ε counts a sample as robust only if it survives every attack evaluated at ε.
+budget ε counts a sample as robust only if it survives every attack of the same norm evaluated at ε (L2 and
+L∞ attacks at one ε get one worst case each).
+
+Nothing broken is measured (:mod:`robustlr.evaluation.guards`): a model with non-finite weights or logits, or an
+attack returning anything but finite floating images in ``[0, 1]`` within its declared budget, is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks.projections import per_sample_norm
-from .checks import check_int
+from .checks import check_device, check_int
 from .evaluation.data import Data, iter_batches, num_batches
+from .evaluation.guards import check_adversarial, check_labels, check_logits, check_model_finite
 from .evaluation.result import (
     AttackResult,
     EvaluationResult,
@@ -34,8 +39,16 @@ from .evaluation.result import (
     fraction,
     worst_cases_per_eps,
 )
-from .evaluation.sanity import RobustnessWarning, emit, looks_like_probabilities, sanity_warnings, zero_gradient_count
+from .evaluation.sanity import (
+    RobustnessWarning,
+    emit,
+    looks_like_probabilities,
+    norm_notes,
+    sanity_warnings,
+    zero_gradient_count,
+)
 from .evaluation.specs import AttackFn, AttackRun, AttackSpec, at_eps, build_runs
+from .modes import eval_mode
 
 __all__ = ["evaluate", "at_eps", "AttackSpec", "EvaluationResult", "AttackResult", "WorstCase", "RobustnessWarning"]
 
@@ -64,10 +77,10 @@ def evaluate(
             ``getattr(atk, "eps", None)``).  See :mod:`robustlr.evaluation.specs`.
         eps_grid: budgets for the ``at_eps`` attacks (finite, ≥ 0; sorted and de-duplicated); required if
             and only if some attack is an ``at_eps`` factory.
-        batch_size: samples per batch (≥ 1).
-        device: where batches go; default the device of the model's parameters (CPU without parameters).
-            The model itself is not moved.
-        n: evaluate only the first ``n`` samples (≥ 1); default all.
+        batch_size: samples per batch (an integer ≥ 1, ``np.int64`` included).
+        device: where batches go, a device this machine has (:func:`robustlr.checks.check_device`); default
+            the device of the model's parameters (CPU without parameters).  The model itself is not moved.
+        n: evaluate only the first ``n`` samples (an integer ≥ 1); default all.
         progress: show a tqdm bar over batches × attacks.
         sanity: run the sanity checks (monotonicity in ε, large-ε accuracy, zero input gradients,
             probability outputs); failures are returned in ``result.warnings`` and issued as
@@ -79,43 +92,46 @@ def evaluate(
     Raises:
         ValueError: for an empty or malformed ``data``, ``x``/``y`` of different lengths, labels out of the
             model's range, an empty ``attacks``, a spec that is neither ``at_eps(...)`` nor callable as
-            ``atk(x, y)``, a bad ``eps_grid``, ``batch_size`` or ``n`` < 1, an unknown ``device``, or an attack
-            returning a tensor of another shape or non-finite values.
+            ``atk(x, y)``, a factory whose attack declares another ``eps`` than its grid ε, a bad ``eps_grid``,
+            ``batch_size`` or ``n`` < 1, a ``device`` this machine does not have, a model with NaN/inf in a
+            parameter or buffer or returning NaN/inf logits, or an attack returning a tensor of another shape,
+            of an integer dtype, with non-finite values, values outside ``[0, 1]`` or (when it declares its
+            ``norm``) a perturbation larger than its ε.  All but the last two families are raised before any
+            attack runs.
     """
     batch_size = check_int("batch_size", batch_size, 1)
     if n is not None:
-        check_int("n", n, 1)
+        n = check_int("n", n, 1)
     runs = build_runs(attacks, eps_grid)
     target = _resolve_device(model, device)
     batches, total = iter_batches(data, batch_size, n)
+    check_model_finite(model)
     expected = num_batches(total, batch_size)
     tallies = [_Tally(run) for run in runs]
     clean_correct: list[torch.Tensor] = []
     zero_gradients, probabilities = 0, True
     start = time.perf_counter()
-    modes = _enter_eval(model)
-    try:
-        with tqdm(total=None if expected is None else expected * len(runs), desc="evaluate", unit="attack·batch",
-                  disable=not progress) as bar:
-            for x, y in batches:
-                x, y = x.to(target), y.to(target, torch.long)
-                logits, grad = _clean_pass(model, x, y, with_grad=sanity)
-                clean_correct.append((logits.argmax(dim=1) == y).cpu())
-                if sanity:
-                    zero_gradients += zero_gradient_count(grad, x.shape[0])
-                    probabilities = probabilities and looks_like_probabilities(logits)
-                for tally in tallies:
-                    tally.add(model, x, y, target)
-                    bar.update(1)
-    finally:
-        _restore(modes)
+    with eval_mode(model), tqdm(total=None if expected is None else expected * len(runs), desc="evaluate",
+                                unit="attack·batch", disable=not progress) as bar:
+        for index, (x, y) in enumerate(batches):
+            x, y = x.to(target), y.to(target, torch.long)
+            where = "clean images in the first batch" if index == 0 else f"clean images in batch {index + 1}"
+            logits, grad = _clean_pass(model, x, y, with_grad=sanity, where=where)
+            clean_correct.append((logits.argmax(dim=1) == y).cpu())
+            if sanity:
+                zero_gradients += zero_gradient_count(grad, x.shape[0])
+                probabilities = probabilities and looks_like_probabilities(logits)
+            for tally in tallies:
+                tally.add(model, x, y, target)
+                bar.update(1)
     clean = torch.cat(clean_correct)
     results = [tally.result(clean) for tally in tallies]
     clean_accuracy = fraction(clean)
-    messages = []
     if sanity:
         messages = sanity_warnings(clean.numel(), clean_accuracy, results, zero_gradients, probabilities)
-        emit(messages)
+    else:
+        messages = norm_notes(results)
+    emit(messages)
     return EvaluationResult(
         n=clean.numel(),
         clean_accuracy=clean_accuracy,
@@ -134,24 +150,26 @@ class _Tally:
 
     def __init__(self, run: AttackRun) -> None:
         self.run = run
+        self.what = f"attacks[{run.name!r}]" + ("" if run.eps is None else f" at eps={run.eps:g}")
         self.correct: list[torch.Tensor] = []
         self.norm_sums = {"l2": 0.0, "linf": 0.0, "nuc": 0.0}
         self.seconds = 0.0
 
     def add(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
-        """Attack the batch ``(x, y)`` and record the outcome."""
+        """Attack the batch ``(x, y)``, check what the attack returned and record the outcome."""
         tic = time.perf_counter()
         x_adv = self.run.attack(x, y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.seconds += time.perf_counter() - tic
-        self._check(x_adv, x)
+        x_adv = check_adversarial(x_adv, x, self.what, self.run.eps, self.run.norm).to(dtype=x.dtype)
         with torch.no_grad():
-            x_adv = x_adv.detach().to(device=x.device, dtype=x.dtype)
-            self.correct.append((model(x_adv).argmax(dim=1) == y).cpu())
+            logits = check_logits(model(x_adv), x.shape[0], f"images made by {self.what}")
+            self.correct.append((logits.argmax(dim=1) == y).cpu())
             delta = x_adv - x
-            for norm in self.norm_sums:
-                self.norm_sums[norm] += float(per_sample_norm(delta, norm).sum())
+            sums = torch.stack([per_sample_norm(delta, norm).sum().float() for norm in self.norm_sums]).cpu()
+            for norm, value in zip(self.norm_sums, sums.tolist()):
+                self.norm_sums[norm] += value
 
     def result(self, clean_correct: torch.Tensor) -> AttackResult:
         """The :class:`AttackResult` of all batches added."""
@@ -170,26 +188,19 @@ class _Tally:
             seconds=self.seconds,
             correct=correct,
             robust=robust,
+            norm=self.run.norm,
         )
-
-    def _check(self, x_adv: object, x: torch.Tensor) -> None:
-        what = f"attacks[{self.run.name!r}]" + ("" if self.run.eps is None else f" at eps={self.run.eps:g}")
-        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
-            got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
-            raise ValueError(f"{what} must return a tensor shaped like x {tuple(x.shape)}, got {got}")
-        if not bool(torch.isfinite(x_adv).all()):
-            raise ValueError(f"{what} must return finite images, got NaN or inf values")
 
 
 def _clean_pass(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_grad: bool
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_grad: bool, where: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Clean logits (checked) and, with ``with_grad``, ``∇ₓ`` of the summed cross-entropy (``None`` if the
-    output does not depend on ``x``)."""
+    """Clean logits (checked: shape, finite, labels in range) and, with ``with_grad``, ``∇ₓ`` of the summed
+    cross-entropy (``None`` if the output does not depend on ``x``)."""
     x_in = x.detach().clone().requires_grad_(with_grad)
     with torch.set_grad_enabled(with_grad):
-        logits = model(x_in)
-        _check_logits(logits, y)
+        logits = check_logits(model(x_in), y.shape[0], where)
+        check_labels(logits, y)
         grad = None
         if with_grad and logits.requires_grad:
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
@@ -197,36 +208,10 @@ def _clean_pass(
     return logits.detach(), grad
 
 
-def _check_logits(logits: object, y: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"model must return logits of shape (N, num_classes) = ({y.shape[0]}, K), got {got}")
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= logits.shape[1]:
-        raise ValueError(f"data must hold labels in [0, {logits.shape[1] - 1}] (the model's classes), "
-                         f"got labels in [{lo}, {hi}]")
-
-
 def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device`` checked by :func:`robustlr.checks.check_device`, else the model's (CPU without parameters)."""
     if device is not None:
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+        return check_device("device", device)
     params = model.parameters() if isinstance(model, nn.Module) else iter(())
     first = next(params, None)
-    return torch.device("cpu") if first is None else first.device
-
-
-def _enter_eval(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Put ``model`` in eval mode; return every submodule's previous mode."""
-    if not isinstance(model, nn.Module):
-        return []
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    return modes
-
-
-def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
-    for module, training in modes:
-        module.training = training
+    return torch.device("cpu") if first is None else check_device("the model's device", first.device)

@@ -14,7 +14,7 @@ from typing import Union
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["Data", "Batch", "iter_batches", "num_batches"]
+__all__ = ["Data", "Batch", "iter_batches", "num_batches", "check_batch"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Data = Union[tuple[torch.Tensor, torch.Tensor], Dataset, DataLoader]
@@ -31,7 +31,7 @@ def iter_batches(data: Data, batch_size: int, n: int | None) -> tuple[Iterator[B
         source: Iterable = data
         total = _length(data.dataset)
     elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = _check_batch(data)
+        x, y = check_batch(data)
         total = x.shape[0]
         source = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, total, batch_size))
     elif isinstance(data, Dataset):
@@ -69,7 +69,7 @@ def _rechunk(source: Iterable, batch_size: int, limit: int | None) -> Iterator[B
     ys: list[torch.Tensor] = []
     held = seen = 0
     for batch in source:
-        x, y = _check_batch(batch)
+        x, y = check_batch(batch)
         if limit is not None:
             x, y = x[: limit - seen], y[: limit - seen]
         seen += x.shape[0]
@@ -89,7 +89,7 @@ def _rechunk(source: Iterable, batch_size: int, limit: int | None) -> Iterator[B
         raise ValueError("data must hold at least one sample, got none")
 
 
-def _check_batch(batch: object) -> Batch:
+def check_batch(batch: object) -> Batch:
     """``ValueError`` naming ``data`` unless ``batch`` is ``(x, y)``: float ``(N, C, H, W)`` and ``N`` int labels."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise ValueError(f"data must yield (x, y) pairs, got {type(batch).__name__}")

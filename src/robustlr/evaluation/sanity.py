@@ -6,6 +6,9 @@
 * the input gradient of the cross-entropy must not be exactly zero (gradient masking, saturated outputs,
   or an output that does not depend on the input);
 * the model must return logits, not probabilities (attacks on softmax outputs are weakened).
+
+Not a check but said the same way (also with ``sanity=False``, see :func:`norm_notes`): attacks of several
+norms at one ε get one worst case per norm, never a merged one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import warnings
 
 import torch
 
-from .result import AttackResult
+from .result import AttackResult, worst_cases_per_eps
 from .specs import GRID
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "zero_gradient_count",
     "looks_like_probabilities",
     "sanity_warnings",
+    "norm_notes",
     "emit",
 ]
 
@@ -73,7 +77,26 @@ def sanity_warnings(
         curve = sorted((r for r in results if r.attack == name and r.kind == GRID), key=lambda r: r.eps)
         messages += _monotonicity(name, curve)
         messages += _large_eps(name, curve[-1], clean_accuracy)
-    return messages
+    return messages + norm_notes(results)
+
+
+def norm_notes(results: list[AttackResult]) -> list[str]:
+    """One message if attacks of several norms ran at some ε: their worst cases were kept apart, per norm."""
+    budgets: dict[float, list[str]] = {}
+    for case in worst_cases_per_eps(results):
+        budgets.setdefault(case.eps, []).append(f"{case.norm or 'unknown norm'} ({', '.join(case.attacks)})")
+    clashes: dict[str, list[float]] = {}
+    for eps, groups in budgets.items():
+        if len(groups) > 1:
+            clashes.setdefault(" vs ".join(groups), []).append(eps)
+    if not clashes:
+        return []
+    where = "; ".join(f"ε={', '.join(f'{e:g}' for e in eps)}: {groups}" for groups, eps in clashes.items())
+    return [
+        f"L2 and L∞ budgets were not merged: attacks of different norms ran at the same ε ({where}); an L2 and "
+        "an L∞ ball of one radius are different threat models, so the worst case is given per norm "
+        "(result.worst_at(eps, norm='l2' or 'linf'))"
+    ]
 
 
 def emit(messages: list[str]) -> None:

@@ -6,6 +6,10 @@ Two kinds of attack specification are accepted, told apart by type, never by gue
   attack is built and evaluated at every ε of ``eps_grid``.  Example: ``at_eps(lambda e: PGD(model, e, "l2"))``.
 * any other callable ``atk(x, y) -> x_adv`` (a robustlr attack object, a torchattacks attack, a lambda):
   evaluated once, at its own budget ``getattr(atk, "eps", None)`` (``None`` when it has none).
+
+An attack declares its threat model in ``atk.norm`` (``"linf"`` or ``"l2"``, as every robustlr attack does);
+an attack without one is of unknown norm.  A factory must build its attack at the budget it is given: an attack
+that declares ``atk.eps`` different from the grid's ε is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["AttackFn", "AttackSpec", "at_eps", "AttackRun", "GRID", "FIXED", "check_eps_grid", "build_runs"]
+from ..attacks.projections import NORMS
+from ..checks import is_real
+
+__all__ = [
+    "AttackFn", "AttackSpec", "at_eps", "AttackRun", "GRID", "FIXED", "check_eps_grid", "build_runs",
+    "declared_norm", "own_eps",
+]
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """An attack: ``atk(x, y) -> x_adv``."""
@@ -50,28 +60,49 @@ def at_eps(factory: Callable[[float], AttackFn]) -> AttackSpec:
 
 @dataclass(frozen=True)
 class AttackRun:
-    """One attack at one budget, as evaluated: ``name``, ``eps`` (``None`` if unknown), the attack, its kind."""
+    """One attack at one budget, as evaluated: ``name``, ``eps`` (``None`` if unknown), the attack, its kind and
+    the norm it declares (``None`` if unknown, see :func:`declared_norm`)."""
 
     name: str
     eps: float | None
     attack: AttackFn
     kind: str
+    norm: str | None = None
+
+
+def declared_norm(attack: object) -> str | None:
+    """The threat model ``attack.norm`` declares (one of ``"linf"``, ``"l2"``), or ``None`` if it declares none."""
+    norm = getattr(attack, "norm", None)
+    return norm if isinstance(norm, str) and norm in NORMS else None
 
 
 def check_eps_grid(eps_grid: Iterable[float]) -> list[float]:
-    """Return the grid as sorted, distinct floats; ``ValueError`` unless it is a non-empty 1-D set of finite ε ≥ 0."""
+    """Return the grid as sorted, distinct floats; ``ValueError`` unless it is a non-empty 1-D sequence of finite
+    real numbers ε ≥ 0 (any :class:`numbers.Real`: ``float``, ``int``, ``np.float32``; never a ``bool``).
+
+    A single-precision ε (``np.float32(0.1)``, a float32 tensor or array) is read as the decimal it prints as
+    (0.1, not 0.10000000149), so that it names the same budget as the float ``0.1`` everywhere.
+    """
     if isinstance(eps_grid, torch.Tensor):
-        eps_grid = eps_grid.detach().cpu()
-    try:
-        values = np.asarray(eps_grid, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"eps_grid must be a sequence of finite numbers >= 0, got {eps_grid!r}") from err
-    if values.ndim != 1 or values.size == 0:
+        eps_grid = eps_grid.detach().cpu().numpy()
+    if isinstance(eps_grid, np.ndarray):
+        eps_grid = list(eps_grid) if eps_grid.ndim == 1 else eps_grid
+    if isinstance(eps_grid, (str, bytes)) or not isinstance(eps_grid, Iterable) or isinstance(eps_grid, np.ndarray):
         raise ValueError(f"eps_grid must be a non-empty 1-D sequence of finite numbers >= 0, got {eps_grid!r}")
-    bad = [float(v) for v in values if not math.isfinite(v) or v < 0]
-    if bad:
-        raise ValueError(f"eps_grid must hold finite numbers >= 0, got {bad[0]!r} in {values.tolist()}")
-    return sorted(set(values.tolist()))
+    values = list(eps_grid)
+    if not values:
+        raise ValueError(f"eps_grid must be a non-empty 1-D sequence of finite numbers >= 0, got {eps_grid!r}")
+    for value in values:
+        if not is_real(value) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type,operator]
+            raise ValueError(f"eps_grid must hold finite numbers >= 0, got {value!r} in {values!r}")
+    return sorted({_decimal(value) for value in values})
+
+
+def _decimal(value: float) -> float:
+    """``value`` as a Python float; a lower-precision numpy float as the shortest decimal that prints it."""
+    if isinstance(value, np.floating) and np.finfo(value.dtype).bits < 64:
+        return float(np.format_float_positional(value, unique=True, trim="-"))
+    return float(value)
 
 
 def build_runs(attacks: Mapping[str, AttackSpec | AttackFn], eps_grid: Iterable[float] | None) -> list[AttackRun]:
@@ -79,8 +110,9 @@ def build_runs(attacks: Mapping[str, AttackSpec | AttackFn], eps_grid: Iterable[
 
     Raises ``ValueError`` for an empty or non-mapping ``attacks``, a non-string or empty name, a value that
     is not callable as described in the module docstring, ``eps_grid`` missing while an :class:`AttackSpec` is
-    given, or ``eps_grid`` given while no attack is an :class:`AttackSpec` (a factory passed without
-    ``at_eps`` would otherwise be called as an attack).
+    given, ``eps_grid`` given while no attack is an :class:`AttackSpec` (a factory passed without
+    ``at_eps`` would otherwise be called as an attack), or a factory whose attack declares another budget
+    ``atk.eps`` than the ε it was built at (a factory that ignores its argument).
     """
     if not isinstance(attacks, Mapping) or not attacks:
         raise ValueError(f"attacks must be a non-empty mapping name -> at_eps(factory) or attack, got {attacks!r}")
@@ -102,10 +134,11 @@ def build_runs(attacks: Mapping[str, AttackSpec | AttackFn], eps_grid: Iterable[
             for eps in grid:
                 attack = spec.factory(eps)
                 _check_signature(attack, 2, f"attacks[{name!r}] built at eps={eps}", _ATTACK)
-                runs.append(AttackRun(name, eps, attack, GRID))
+                _check_built_eps(attack, eps, name)
+                runs.append(AttackRun(name, eps, attack, GRID, declared_norm(attack)))
         else:
             _check_signature(spec, 2, f"attacks[{name!r}]", _ATTACK + _USE_AT_EPS)
-            runs.append(AttackRun(name, _own_eps(spec), spec, FIXED))
+            runs.append(AttackRun(name, own_eps(spec), spec, FIXED, declared_norm(spec)))
     return runs
 
 
@@ -127,7 +160,17 @@ def _check_signature(fn: object, n_args: int, what: str, allowed: str) -> None:
         raise ValueError(f"{what} must be {allowed}, got a callable with signature {signature}") from err
 
 
-def _own_eps(attack: AttackFn) -> float | None:
+def _check_built_eps(attack: AttackFn, eps: float, name: str) -> None:
+    """``ValueError`` if the attack a factory built at ``eps`` declares another budget in ``attack.eps``."""
+    own = own_eps(attack)
+    if own is not None and not math.isclose(own, eps, rel_tol=1e-6, abs_tol=1e-12):
+        raise ValueError(
+            f"attacks[{name!r}] factory built an attack with eps={own:g} at eps={eps:g}: the factory must use its "
+            "argument (at_eps(lambda e: PGD(model, e, ...)))"
+        )
+
+
+def own_eps(attack: AttackFn) -> float | None:
     """The budget a ready attack declares in ``attack.eps``, or ``None`` if it has no finite numeric one."""
     eps = getattr(attack, "eps", None)
     try:

@@ -15,7 +15,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..analysis import effective_rank, energy_curve, nuclear_norm, relative_spectrum_shift, stable_rank
-from .specs import AttackFn
+from ..checks import check_int
+from .data import check_batch
+from .guards import check_adversarial, check_model_finite
+from .specs import AttackFn, declared_norm, own_eps
 
 __all__ = ["SpectrumStats", "perturbation_spectrum"]
 
@@ -53,15 +56,29 @@ def perturbation_spectrum(
     batch_size: int = 256,
     progress: bool = True,
 ) -> list[SpectrumStats]:
-    """Run every attack on ``(x, y)`` and summarise the singular spectra of its perturbations."""
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
-    if not attacks:
-        raise ValueError("attacks must name at least one attack")
+    """Run every attack on ``(x, y)`` and summarise the singular spectra of its perturbations.
+
+    Checked before any attack runs: ``x`` float images ``(N, C, H, W)`` with ``N`` ≥ 1 integer labels ``y``,
+    ``attacks`` a non-empty mapping of names to callables, ``batch_size`` an integer ≥ 1, a model without NaN/inf
+    weights.  Every returned batch is checked as in :func:`robustlr.evaluate.evaluate`
+    (:func:`~robustlr.evaluation.guards.check_adversarial`, at the attack's own ``eps`` and ``norm``).
+    """
+    x, y = check_batch((x, y))
+    if x.shape[0] == 0:
+        raise ValueError("x and y must hold at least one sample, got none")
+    batch_size = check_int("batch_size", batch_size, 1)
+    if not isinstance(attacks, Mapping) or not attacks:
+        raise ValueError(f"attacks must be a non-empty mapping name -> attack, got {attacks!r}")
+    for name, attack in attacks.items():
+        if not callable(attack):
+            raise ValueError(f"attacks[{name!r}] must be a callable atk(x, y) -> x_adv, got {type(attack).__name__}")
+    check_model_finite(model)
     out = []
     for name, attack in attacks.items():
-        adv = torch.cat([attack(xb, yb) for xb, yb in tqdm(
-            list(zip(x.split(batch_size), y.split(batch_size))), desc=f"spectrum {name}", disable=not progress, leave=False)])
+        what, eps, norm = f"attacks[{name!r}]", own_eps(attack), declared_norm(attack)
+        batches = list(zip(x.split(batch_size), y.split(batch_size)))
+        adv = torch.cat([check_adversarial(attack(xb, yb), xb, what, eps, norm).to(dtype=x.dtype) for xb, yb in tqdm(
+            batches, desc=f"spectrum {name}", disable=not progress, leave=False)])
         delta = adv - x
         a, p = relative_spectrum_shift(x, adv)
         out.append(SpectrumStats(

@@ -1,7 +1,8 @@
 """Figures as PNG files, drawn with matplotlib's Agg canvas (no pyplot state, no display needed).
 
 * :func:`plot_robust_accuracy` — robust accuracy vs ε, one line per attack (LoRa-PGD at several ranks
-  appears as several attacks, e.g. ``lora-pgd r=3``), the per-ε worst case, the clean accuracy as reference;
+  appears as several attacks, e.g. ``lora-pgd r=3``), the per-ε worst case of each norm, the clean
+  accuracy as reference;
 * :func:`plot_spectrum_shift` — the LoRa-PGD paper's bar chart of the normalised relative shift ``p_j`` of
   the singular values over the index ``j``;
 * :func:`plot_energy_curves` — the energy fraction ``E_r`` of the top ``r`` singular values vs ``r``;
@@ -41,7 +42,8 @@ def plot_robust_accuracy(
     """Robust accuracy vs ε of every attack of ``result`` and the worst case, with the clean accuracy.
 
     ``at_eps`` attacks are lines over their grid; ready attacks with a budget are single markers; attacks
-    without a budget are not drawn (they have no ε).  Returns the PNG's path.
+    without a budget are not drawn (they have no ε).  The worst case is one dashed line per norm (L2 and L∞
+    budgets are never joined).  Returns the PNG's path.
     """
     fig, ax = _figure()
     ax.axhline(result.clean_accuracy, color="grey", linestyle=":", label=f"clean ({result.clean_accuracy:.3g})")
@@ -52,9 +54,12 @@ def plot_robust_accuracy(
         grid = any(r.kind == GRID for r in result.attacks if r.attack == name)
         eps, acc = zip(*points)
         ax.plot(eps, acc, marker="o", linestyle="-" if grid else "none", label=name)
-    if result.worst_case:
-        ax.plot([w.eps for w in result.worst_case], [w.robust_accuracy for w in result.worst_case],
-                color="black", linestyle="--", marker="x", label="worst case")
+    norms = list(dict.fromkeys(w.norm for w in result.worst_case))
+    for norm, style in zip(norms, ["--", "-.", ":"]):
+        cases = [w for w in result.worst_case if w.norm == norm]
+        label = "worst case" if len(norms) == 1 else f"worst case ({norm or 'unknown norm'})"
+        ax.plot([w.eps for w in cases], [w.robust_accuracy for w in cases], color="black", linestyle=style,
+                marker="x", label=label)
     ax.set(xlabel="ε", ylabel="accuracy", title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

@@ -29,14 +29,15 @@ FILES = {
 """Key of ``write_report``'s returned mapping -> file name inside ``out_dir``."""
 
 CSV_COLUMNS = [
-    "attack", "eps", "kind", "robust_accuracy", "worst_case_accuracy",
+    "attack", "eps", "norm", "kind", "robust_accuracy", "worst_case_accuracy",
     "mean_l2", "mean_linf", "mean_nuclear", "seconds", "attack_repr",
 ]
-"""Columns of result.csv (one row per attack × ε; empty cell for ``None``)."""
+"""Columns of result.csv (one row per attack × ε; empty cell for ``None``, e.g. an attack of unknown norm)."""
 
 SUMMARY_COLUMNS = {
     "attack": "attack",
     "eps": "ε",
+    "norm": "norm",
     "robust_accuracy": "robust acc",
     "worst_case_accuracy": "worst case",
     "mean_l2": "mean ‖δ‖₂",
@@ -109,12 +110,14 @@ def _csv(result: EvaluationResult) -> str:
 
 
 def _markdown(result: EvaluationResult, document: dict[str, Any]) -> str:
-    worst = [{"eps": w.eps, "robust_accuracy": w.robust_accuracy, "attacks": ", ".join(w.attacks)}
+    worst = [{"eps": w.eps, "norm": w.norm, "robust_accuracy": w.robust_accuracy, "attacks": ", ".join(w.attacks)}
              for w in result.worst_case]
     if result.worst_case_fixed is not None:
         fixed = result.worst_case_fixed
-        worst.append({"eps": "own ε", "robust_accuracy": fixed.robust_accuracy, "attacks": ", ".join(fixed.attacks)})
-    settings = [{"attack": r.attack, "eps": r.eps, "settings": f"`{r.attack_repr}`"} for r in result.attacks]
+        worst.append({"eps": "own ε", "norm": fixed.norm, "robust_accuracy": fixed.robust_accuracy,
+                      "attacks": ", ".join(fixed.attacks)})
+    settings = [{"attack": r.attack, "eps": r.eps, "norm": r.norm, "settings": f"`{r.attack_repr}`"}
+                for r in result.attacks]
     parts = [
         f"# {document['title']}\n",
         f"- samples: {result.n}\n- clean accuracy: {format_cell(result.clean_accuracy)}\n"
@@ -122,16 +125,17 @@ def _markdown(result: EvaluationResult, document: dict[str, Any]) -> str:
         f"{document['timestamp']}\n- evaluation time: {result.seconds:.1f} s\n",
         "## Robust accuracy\n",
         "A sample is robust if it is classified correctly both clean and under the attack; the worst case at ε "
-        "counts a sample as robust only if it survives every attack evaluated at ε. Norms are means of "
+        "counts a sample as robust only if it survives every attack of the same norm evaluated at ε (L2 and L∞ "
+        "budgets are never merged; — is an attack that declares no norm). Norms are means of "
         "δ = x_adv − x over all samples (nuclear norm summed over channels).\n",
         markdown_table(result.rows(), SUMMARY_COLUMNS),
         "## Worst case\n",
-        markdown_table(worst, {"eps": "ε", "robust_accuracy": "robust acc", "attacks": "attacks"}),
+        markdown_table(worst, {"eps": "ε", "norm": "norm", "robust_accuracy": "robust acc", "attacks": "attacks"}),
         f"![Robust accuracy vs ε]({FILES['robust_accuracy']})\n",
         "## Warnings\n",
         "".join(f"- {w}\n" for w in result.warnings) if result.warnings else "None: every sanity check passed.\n",
         "## Attack settings\n",
-        markdown_table(settings, ["attack", "eps", "settings"]),
+        markdown_table(settings, ["attack", "eps", "norm", "settings"]),
     ]
     if document["extra"]:
         parts += ["## Extra\n", markdown_table([{"key": k, "value": v} for k, v in document["extra"].items()],
