@@ -1,16 +1,21 @@
 """``robustlr demo --quick`` end to end on real Fashion-MNIST: its report files read back and checked against
 independent recomputation (κ(S) of the saved CondLR model, clean accuracy of the saved dense model, stored
-weights from the layers' shapes), its reuse of finished runs, and its bad-input errors."""
+weights from the layers' shapes), its reuse of finished runs, its bad-input errors, how it gets its data (or
+says why it cannot) and what it says when interrupted."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
+from test_data_provision import bare, debian_root  # noqa: F401  (fixtures: a machine without the data)
 
 from robustlr.analysis.conditioning import layer_condition_numbers, orthogonality_errors
-from robustlr.cli import main
-from robustlr.demo import MODELS, NORMS, DemoSettings
+from robustlr.cli import build_parser, main
+from robustlr.demo import MODELS, NORMS, DemoSettings, run_demo
+from robustlr.train import TrainingInterrupted
 from robustlr.train import load_trained
 from robustlr.train.quick import accuracy
 
@@ -106,3 +111,55 @@ def test_bad_settings_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DemoSettings(**kwargs)
 
+
+
+# --- data: provisioned on a bare machine, a named --data-root the only place looked in -----------------------
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda root: None, "does not exist"),
+    (lambda root: root.mkdir(), "lacks train-images-idx3-ubyte.gz (or train-images-idx3-ubyte), train-labels"),
+    (lambda root: root.write_text("x"), "is not a directory"),
+])
+def test_a_bad_data_root_exits_2_naming_it(tmp_path, capsys, make, problem):
+    root = tmp_path / "data"
+    make(root)
+    code = main(["demo", "--quick", "--data-root", str(root), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--data-root) {root} {problem}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_root_and_no_network_exits_2_with_what_was_tried(bare, debian_root, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code = main(["demo", "--quick", "--out", str(bare / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("robustlr: fashion-mnist not found; downloading it (checksum-verified) into ")
+    assert "robustlr: error: fashion-mnist (train split) not found" in err
+    assert "Tried:\n  - apt-get install -y dataset-fashion-mnist: not run: not root (effective uid 1000)" in err
+    assert "Connection refused" in err and "To get the data:" in err
+    assert not (bare / "out").exists()
+
+
+def test_no_download_is_passed_on(bare, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setattr("robustlr.data.apt.DEBIAN_VERSION_FILE", bare / "not-debian")
+    code = main(["demo", "--quick", "--no-download", "--out", str(bare / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "  - download: not tried (download=False; CLI: --no-download)" in err
+    assert "downloading" not in err and "Traceback" not in err
+
+
+def test_an_interrupted_demo_says_to_run_it_again_never_to_pass_resume(tmp_path, monkeypatch):
+    hint = build_parser().parse_args(["demo"]).continue_hint
+    assert hint.startswith("run the same command again") and "--resume" not in hint
+
+    def interrupted(config, progress):
+        raise TrainingInterrupted(signal.SIGINT, "training stopped by SIGINT in epoch 1 after batch 3 of 42; the "
+                                                 "resumable state is saved: run the same command with --resume to continue")
+
+    monkeypatch.setattr("robustlr.demo.pipeline.ensure_trained", interrupted)
+    with pytest.raises(TrainingInterrupted) as caught:
+        run_demo(DemoSettings.quick(), tmp_path / "demo", progress=False)
+    assert caught.value.signum == signal.SIGINT and "--resume" not in str(caught.value)
+    assert str(caught.value) == f"demo stopped by SIGINT while training {tmp_path / 'demo' / 'dense'}; its state is saved there"

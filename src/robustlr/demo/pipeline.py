@@ -1,8 +1,10 @@
 """The demo's steps: train (resumably), attack over ε grids, decompose PGD perturbations, write the report.
 
-Every model is trained by :func:`robustlr.train.train` into ``out/<model>``; a finished model (its
-``summary.json``) is reused and an interrupted one resumed from its ``resume.pt``, so stopping the demo
-(Ctrl-C) loses at most the current batch.  Each model is attacked with attacks built on itself: FGSM and
+Fashion-MNIST is provisioned first (:func:`robustlr.data.provision`: found locally, else the Debian package
+when run as root, else the checksum-verified download), so the demo runs on a bare machine; a ``data_root``
+the user names is the only place looked in.  Every model is trained by :func:`robustlr.train.train` into
+``out/<model>``; a finished model (its ``summary.json``) is reused and an interrupted one resumed from its
+``resume.pt``, so stopping the demo (Ctrl-C) loses at most the current batch: running it again continues.  Each model is attacked with attacks built on itself: FGSM and
 PGD-L∞ over ``settings.eps_linf``, PGD-L2 and LoRa-PGD (Savostianova et al.'s companion attack; see
 :class:`robustlr.attacks.LoRaPGD`) over ``settings.eps_l2``; L∞ and L2 are evaluated separately, so each
 worst case combines attacks of one threat model only.
@@ -21,11 +23,12 @@ from tqdm.auto import tqdm
 
 from ..analysis.conditioning import layer_condition_numbers
 from ..attacks import build_attack
-from ..data import load_dataset
+from ..data import load_dataset, provision
 from ..evaluate import EvaluationResult, at_eps, evaluate
 from ..evaluation.spectrum import SpectrumStats, perturbation_spectrum
 from ..report import write_report
-from ..train import NonFiniteLossError, TrainConfig, ensure_trained, load_trained, train_seconds
+from ..train import NonFiniteLossError, TrainConfig, TrainingInterrupted, ensure_trained, load_trained, train_seconds
+from ..train.signals import signal_name
 from .report import write_demo_report
 from .results import DemoResult, ModelResult
 from .settings import MODELS, NORMS, DemoSettings
@@ -35,8 +38,19 @@ __all__ = ["run_demo"]
 
 def _train(config: TrainConfig, progress: bool) -> tuple[nn.Module, dict[str, Any], float]:
     """Train (or resume, or reuse) the run of ``config``; return its last model, ``summary.json`` and the
-    seconds its epochs took."""
-    ensure_trained(config, progress)
+    seconds its epochs took.
+
+    Raises:
+        TrainingInterrupted: on SIGINT/SIGTERM, saying where the state is kept and that running the demo again
+            continues (the trainer's own message would ask for ``--resume``, which the demo does not take).
+    """
+    try:
+        ensure_trained(config, progress)
+    except TrainingInterrupted as stop:
+        raise TrainingInterrupted(
+            stop.signum,
+            f"demo stopped by {signal_name(stop.signum)} while training {config.out}; its state is saved there",
+        ) from None
     out = Path(config.out)
     model, _ = load_trained(out / "last.pt", device=config.device)
     return model, json.loads((out / "summary.json").read_text()), train_seconds(out)
@@ -71,14 +85,24 @@ def _spectrum(model: nn.Module, settings: DemoSettings, x: torch.Tensor, y: torc
     return perturbation_spectrum(model, x, y, attacks, progress=progress)
 
 
-def run_demo(settings: DemoSettings, out: Path, *, data_root: str | None = None, progress: bool = True) -> DemoResult:
+def run_demo(settings: DemoSettings, out: Path, *, data_root: str | None = None, download: bool = True,
+             progress: bool = True) -> DemoResult:
     """Train the three networks of :data:`~robustlr.demo.settings.MODELS`, measure them, write ``out/report.md``.
+
+    Fashion-MNIST comes from ``data_root`` alone when it is given, else it is provisioned
+    (:func:`robustlr.data.provision`; ``download=False`` leaves out the download step) before anything else.
+
+    Raises:
+        DataRootError, NotADirectoryError: if ``data_root`` does not hold Fashion-MNIST (naming it).
+        DatasetNotFoundError: if the data is nowhere and could not be installed or downloaded (each way tried,
+            and why it failed, is in the message).
 
     Returns the measurements, also written to ``out/demo.json`` with the report's tables and figures
     (:func:`robustlr.demo.report.write_demo_report`).  A network whose training loss becomes non-finite is
     reported as diverged (with the trainer's message) and left out of the tables.
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    provision("fashion-mnist", root=data_root, download=download, progress=progress)
     test = load_dataset("fashion-mnist", "test", root=data_root)
     x, y = test.images[: settings.n_test].to(settings.device), test.labels[: settings.n_test].to(settings.device)
     models, failed = [], {}
