@@ -255,7 +255,8 @@ def test_exact_step_follows_the_projected_gradient() -> None:
 
 def test_plain_parameters_get_sgd_with_momentum() -> None:
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.LeakyReLU(), nn.Linear(8, 3))
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.LeakyReLU(), LowRankLinear(8, 3, rank=2))
+    model[3].requires_grad_(False)  # a frozen low-rank layer: the gradients of the others match plain SGD's
     twin = copy.deepcopy(model)
     x, y = torch.randn(12, 5), torch.randn(12, 3)
     kwargs = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-2}

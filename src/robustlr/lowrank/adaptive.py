@@ -24,16 +24,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from robustlr.checks import check_fraction
 from robustlr.lowrank.manifold import linalg_dtype, qr_retraction, svd, tangent_projection
 
 __all__ = ["augmented_update", "transport_directions", "truncation_rank", "validate_theta"]
 
 
 def validate_theta(theta: float) -> float:
-    """Return the truncation tolerance as a float if ``0 ≤ θ < 1``, else raise ValueError naming it."""
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 <= theta < 1:
-        raise ValueError(f"theta must be a relative truncation tolerance in [0, 1); got {theta!r}")
-    return float(theta)
+    """Return the truncation tolerance as a float if it is a real number (any :class:`numbers.Real`, not bool)
+    with ``0 ≤ θ < 1``, else raise ValueError naming it."""
+    try:
+        return check_fraction("theta", theta)
+    except ValueError:
+        raise ValueError(f"theta must be a relative truncation tolerance in [0, 1); got {theta!r}") from None
 
 
 def truncation_rank(sigma: Tensor, theta: float, max_rank: int) -> int:

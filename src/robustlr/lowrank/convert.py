@@ -97,7 +97,9 @@ def to_lowrank(
     """Replace the model's nn.Linear / nn.Conv2d modules by low-rank layers built with ``from_dense``.
 
     **In place**: the modules are swapped inside ``model``, which is returned (if ``model`` itself is a Linear
-    or Conv2d, the new layer is returned instead).
+    or Conv2d, the new layer is returned instead). Every check and every factorisation happens before the first
+    swap, so an error leaves ``model`` as it was. A module used in several places (tied) becomes one low-rank
+    module used in the same places.
 
     Args:
         model: any module; Linear/Conv2d modules are found at any depth (exact types, not subclasses).
@@ -111,6 +113,13 @@ def to_lowrank(
             ``"vanilla"`` (two free factors ``A Bᵀ``, trained by plain SGD).
         max_rank: capacity of every ``"condlr"`` layer for rank-adaptive training (int or fraction, raised
             to at least the layer's rank); ``None`` means capacity = rank.
+
+    Ranks are numbers of any kind (``int``, ``np.int64``, ``float``, ``np.float32`` ...; not bool).
+
+    Raises:
+        ValueError: naming the layer, for a rank that does not fit it, a NaN or infinite weight, or a weight
+            shared with another module (parameter tying, which the conversion would break); and for an unknown
+            method, module name in ``rank`` / ``exclude``, or a model without Linear/Conv2d modules.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}; got {method!r}")
@@ -121,24 +130,61 @@ def to_lowrank(
         raise ValueError("model contains no nn.Linear or nn.Conv2d module to convert")
     module_names = {name for name, _ in model.named_modules()}
     plan = _plan(layers, module_names, rank, exclude, keep_last_full)
+    chosen = [(name, module) for name, module in layers if name in plan]
+    _check_convertible(model, chosen)
     linear_cls, conv_cls = METHODS[method]
-    for name, module in layers:
-        if name not in plan:
-            continue
+    replacements: dict[int, nn.Module] = {}
+    for name, module in chosen:
         layer_cls = linear_cls if isinstance(module, nn.Linear) else conv_cls
         try:
             kwargs: dict[str, Any] = {}
             if max_rank is not None:
                 n, m = _matrix_shape(module)
                 kwargs["max_rank"] = max(resolve_rank(plan[name], n, m), resolve_rank(max_rank, n, m, "max_rank"))
-            new = layer_cls.from_dense(module, plan[name], **kwargs)
+            replacements[id(module)] = layer_cls.from_dense(module, plan[name], **kwargs)
         except ValueError as error:
             raise ValueError(f"layer {name!r}: {error}") from error
-        if name == "":
-            return new
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+    if "" in plan:
+        return replacements[id(model)]
+    _swap(model, replacements)
     return model
+
+
+def _check_convertible(model: nn.Module, chosen: list[tuple[str, nn.Module]]) -> None:
+    """Refuse, before any layer is converted, a layer with a NaN or infinite weight and a weight shared with
+    another module (converting would untie it). One fused finiteness check for all layers."""
+    flags = torch.stack([torch.isfinite(module.weight).all().to(chosen[0][1].weight.device) for _, module in chosen])
+    if not bool(flags.all()):
+        name, module = chosen[int((~flags).nonzero()[0, 0])]
+        weight = module.weight
+        raise ValueError(
+            f"layer {name!r}: its weight is not finite ({int(torch.isnan(weight).sum())} NaN and "
+            f"{int(torch.isinf(weight).sum())} infinite entries of {weight.numel()}), so it has no SVD to truncate; "
+            "no layer was converted"
+        )
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for param in module._parameters.values():
+            if param is not None:
+                holders.setdefault(id(param), []).append(name)
+    for name, module in chosen:
+        owners = holders[id(module.weight)]
+        if len(owners) > 1:
+            raise ValueError(
+                f"layer {name!r} shares its weight with {[owner for owner in owners if owner != name]}; converting "
+                "it would untie them; allowed: share the module itself (it is converted once and stays shared), "
+                "or exclude these modules"
+            )
+
+
+def _swap(model: nn.Module, replacements: dict[int, nn.Module]) -> None:
+    """Put ``replacements[id(child)]`` in place of every reference to ``child`` anywhere in ``model``, so a module
+    used in several places (weight tying) is replaced by one new module used in the same places."""
+    parents = {id(module): module for module in model.modules()}.values()
+    for parent in parents:
+        for key, child in parent._modules.items():
+            if child is not None and id(child) in replacements:
+                parent._modules[key] = replacements[id(child)]
 
 
 _COLUMNS = (

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from robustlr.checks import is_real
+
 __all__ = [
     "S_PROJECTIONS",
     "condition_projection",
@@ -38,8 +40,9 @@ def linalg_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def validate_tau(tau: float) -> float:
-    """Return ``tau`` as a float if it is a finite number ≥ 0, else raise ValueError naming it."""
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
+    """Return ``tau`` as a float if it is a finite real number ≥ 0 (any :class:`numbers.Real`, e.g.
+    ``np.float32``; not bool), else raise ValueError naming it."""
+    if not is_real(tau) or not math.isfinite(tau) or tau < 0:
         raise ValueError(f"tau must be a finite number >= 0 (the bound is kappa(S) <= 1 + tau); got {tau!r}")
     return float(tau)
 

@@ -7,13 +7,14 @@ orthonormal constraints", NeurIPS 2023 (arXiv 2306.01485). Its rank-adaptive opt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 
+from robustlr.checks import check_int, check_number
 from robustlr.lowrank.adaptive import augmented_update, transport_directions, validate_theta
 from robustlr.lowrank.layers import LowRankLayer, write_leading_block
 from robustlr.lowrank.manifold import (
@@ -26,12 +27,70 @@ from robustlr.lowrank.manifold import (
     validate_tau,
 )
 
-__all__ = ["GRAD_SCALES", "CondLR", "QRProjectedSGD"]
+__all__ = ["GRAD_SCALES", "CondLR", "QRProjectedSGD", "check_finite_gradients", "check_hyperparameters"]
 
 #: How CondLR scales the directions of ``U`` and ``V``.
 GRAD_SCALES = ("reference", "exact")
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+#: Hyperparameters of every param group that must be finite numbers >= 0.
+_SCALARS = ("lr", "momentum", "weight_decay")
+
+
+def _checked_scalar(name: str, value: object) -> object:
+    """``value`` if it is a finite number >= 0 (any real number, as a float; or a one-element floating tensor,
+    kept as it is), else ``ValueError`` naming it."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"{name} must be a finite number >= 0 or a one-element floating tensor; got {value!r}")
+        check_number(name, float(value.detach()))
+        return value
+    return check_number(name, value)
+
+
+def check_hyperparameters(optimizer: Optimizer, extra: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    """Check (and normalise) ``lr``, ``momentum`` and ``weight_decay`` of every param group, which a user or a
+    scheduler may have changed since construction: each must be a finite number >= 0 (``ValueError`` naming
+    ``param_groups[i]['lr']`` and the value). Tensor values were checked when their group was added and are
+    not read again (that would cost a device sync per step). ``extra(prefix, group)`` checks more keys."""
+    for i, group in enumerate(optimizer.param_groups):
+        prefix = f"param_groups[{i}]"
+        for key in _SCALARS:
+            if not isinstance(group[key], Tensor):
+                group[key] = check_number(f"{prefix}[{key!r}]", group[key])
+        if extra is not None:
+            extra(prefix, group)
+
+
+def check_finite_gradients(optimizer: Optimizer, names: Mapping[Tensor, str]) -> None:
+    """Raise ``ValueError`` naming the first parameter whose gradient holds a NaN or an infinity, before the
+    step changes anything.
+
+    One fused check: a flag per gradient, stacked, read once (a single device-to-host transfer per step); the
+    offending parameter is looked for only when the check fails. ``names`` maps parameters to their names in
+    the model (others are named by their place in ``param_groups``).
+    """
+    places = [
+        (p, f"param_groups[{i}]['params'][{j}]")
+        for i, group in enumerate(optimizer.param_groups)
+        for j, p in enumerate(group["params"])
+        if p.grad is not None
+    ]
+    if not places:
+        return
+    device = places[0][0].grad.device
+    flags = torch.stack([torch.isfinite(p.grad).all().to(device) for p, _ in places])
+    if bool(flags.all()):
+        return
+    p, place = places[int((~flags).nonzero()[0, 0])]
+    grad = p.grad
+    nan, inf = int(torch.isnan(grad).sum()), int(torch.isinf(grad).sum())
+    raise ValueError(
+        f"{type(optimizer).__name__}.step refused: the gradient of {names.get(p, place)!r} (shape {tuple(p.shape)}) "
+        f"has {nan} NaN and {inf} infinite entries of {grad.numel()}; no parameter and no optimiser state was "
+        "changed. The loss probably overflowed: lower lr, or use a gradient scaler (amp='fp16')"
+    )
 
 
 def _precondition(s: Tensor, d_u: Tensor, d_v: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,6 +118,16 @@ def _momentum_direction(optimizer: Optimizer, p: Tensor, group: dict[str, Any]) 
             buffer.mul_(group["momentum"]).add_(d)
         d = buffer
     return d
+
+
+def _check_condlr_keys(prefix: str, group: dict[str, Any]) -> None:
+    """``tau`` and ``theta`` of a CondLR param group, as at construction."""
+    try:
+        group["tau"] = validate_tau(group["tau"])
+        if group["theta"] is not None:
+            group["theta"] = validate_theta(group["theta"])
+    except ValueError as error:
+        raise ValueError(f"{prefix}: {error}") from None
 
 
 class CondLR(Optimizer):
@@ -151,14 +220,26 @@ class CondLR(Optimizer):
         super().__init__(params, defaults)
         self._model = model
         self._layers = self._find_layers()
+        self._names = {p: name for name, p in model.named_parameters()}
+        if not self._layers:
+            count = sum(isinstance(module, LowRankLayer) for module in model.modules())
+            if count == 0:
+                raise ValueError(
+                    f"model ({type(model).__name__}) has no low-rank layer (LowRankLinear / LowRankConv2d), so CondLR "
+                    "would only run plain SGD; convert it first with robustlr.lowrank.to_lowrank(model, rank) (or "
+                    "use torch.optim.SGD for a dense model)"
+                )
+            raise ValueError(
+                f"params hold none of the U, S, V factors of the {count} low-rank layer(s) of model "
+                f"({type(model).__name__}), so CondLR would only run plain SGD; pass the model (or param groups "
+                "holding its low-rank layers)"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for name in ("lr", "momentum", "weight_decay"):
-            value = group[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+        for name in _SCALARS:
+            group[name] = _checked_scalar(name, group[name])
         group["tau"] = validate_tau(group["tau"])
         if group["grad_scale"] not in GRAD_SCALES:
             raise ValueError(f"grad_scale must be one of {GRAD_SCALES}; got {group['grad_scale']!r}")
@@ -166,9 +247,7 @@ class CondLR(Optimizer):
             raise ValueError(f"s_projection must be one of {S_PROJECTIONS}; got {group['s_projection']!r}")
         if group["theta"] is not None:
             group["theta"] = validate_theta(group["theta"])
-        every = group["adapt_every"]
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"adapt_every must be an int >= 1; got {every!r}")
+        group["adapt_every"] = check_int("adapt_every", group["adapt_every"], 1)
         if hasattr(self, "_model"):  # after construction: the new group may complete more layers
             self._layers = self._find_layers()
 
@@ -191,11 +270,18 @@ class CondLR(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """Perform one CondLR step (see the class docstring). ``closure`` re-evaluates the loss."""
+        """Perform one CondLR step (see the class docstring). ``closure`` re-evaluates the loss.
+
+        Before anything moves, the hyperparameters of every group are checked (:func:`check_hyperparameters`,
+        plus ``tau`` and ``theta``) and so are the gradients (:func:`check_finite_gradients`): a bad value or a
+        NaN/inf gradient raises ``ValueError`` naming it, with the parameters and the optimiser state unchanged.
+        """
+        check_hyperparameters(self, _check_condlr_keys)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        check_finite_gradients(self, self._names)
         factor_params = {p for layer in self._layers for p in (layer.U, layer.S, layer.V)}
         group_of: dict[Tensor, dict[str, Any]] = {}
         directions: dict[Tensor, Tensor] = {}
@@ -275,17 +361,36 @@ class QRProjectedSGD(SGD):
     matrix with orthonormal rows ``qf(Wᵀ)ᵀ`` (sign-fixed QR), so all its singular values are 1 (scale-free).
     Tall weights (more rows than columns, e.g. a first conv 64 × 27) and 1-D parameters (biases, BatchNorm)
     are left unconstrained and only get the SGD step, as in the reference code. The first step retracts
-    weights that start off the manifold.
+    weights that start off the manifold. ``params`` may be a model (its parameter names then appear in the
+    errors) or parameters / param groups; ``lr``, ``momentum`` and ``weight_decay`` must be finite numbers >= 0.
     """
 
     def __init__(
-        self, params: ParamsT, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False
+        self,
+        params: nn.Module | ParamsT,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
     ) -> None:
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+        self._names: dict[Tensor, str] = {}
+        if isinstance(params, nn.Module):  # its parameter names go into the errors
+            self._names = {p: name for name, p in params.named_parameters()}
+            params = params.parameters()
+        super().__init__(params, lr=_checked_scalar("lr", lr), momentum=_checked_scalar("momentum", momentum),
+                         weight_decay=_checked_scalar("weight_decay", weight_decay), nesterov=nesterov)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
-        loss = super().step(closure)
+        """SGD step then QR retraction; like CondLR it first checks the hyperparameters of every group and that
+        every gradient is finite (``ValueError`` naming it, nothing changed)."""
+        check_hyperparameters(self)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        check_finite_gradients(self, self._names)
+        super().step()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None and p.ndim >= 2 and p.shape[0] <= p[0].numel():
