@@ -190,8 +190,10 @@ def test_a_named_root_is_the_only_place_and_is_never_provisioned(
     ({"apt": 1}, "apt must be True or False; got 1"),
     ({"download": "no"}, "download must be True or False; got 'no'"),
     ({"progress": None}, "progress must be True or False; got None"),
+    ({"runner": "apt-get"}, "runner must be a callable or None; got 'apt-get'"),
+    ({"notify": 1}, "notify must be a callable or None; got 1"),
 ])
 def test_bad_arguments_are_refused_before_any_step(bare: Path, debian_root: None, kwargs: dict, match: str) -> None:
-    arguments = {"name": "fashion-mnist", **kwargs}
+    arguments = {"name": "fashion-mnist", "runner": refuse_to_run, "notify": refuse_to_run, **kwargs}
     with pytest.raises(ValueError, match=match):
-        provision(**arguments, runner=refuse_to_run, notify=refuse_to_run)
+        provision(**arguments)

@@ -115,7 +115,8 @@ def provision(
         split -> the files of that split, as :func:`robustlr.data.find_split_files` gives them.
 
     Raises:
-        ValueError: for an unknown ``name`` or split, or ``apt``/``download``/``progress`` not a bool.
+        ValueError: for an unknown ``name`` or split, ``apt``/``download``/``progress`` not a bool, or
+            ``runner``/``notify`` neither callable nor ``None``.
         DataRootError, NotADirectoryError: for a ``root`` that does not hold the files (naming it).
         DatasetNotFoundError: if no step made the files present; its ``tried`` lists each step and why it failed.
     """
@@ -123,6 +124,9 @@ def provision(
     chosen = _check_splits(splits)
     for flag, value in (("apt", apt), ("download", download), ("progress", progress)):
         _check_flag(flag, value)
+    for hook, value in (("runner", runner), ("notify", notify)):
+        if value is not None and not callable(value):
+            raise ValueError(f"{hook} must be a callable or None; got {value!r}")
     spec = STORED_DATASETS[name]
     if root is not None:
         return {split: find_split_files(spec, split, root) for split in chosen}
