@@ -104,6 +104,22 @@ def test_nan_logits_on_adversarial_images_are_an_error(data):
         run(NanLogits(), (x, data[1]), {"up": lambda x, y: torch.ones_like(x)})
 
 
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (lambda x: x * 255, r"data must hold images with values in \[0, 1\] .* got values in \[\d"),
+        (lambda x: (x - 0.5) / 0.25, r"normalisation belongs inside the model"),
+        (lambda x: torch.where(x > 0.9, math.nan, x), "data must hold finite images, got NaN or inf"),
+    ],
+)
+def test_data_outside_the_unit_range_is_refused_before_any_attack(model, data, images, match):
+    """Else an identity attack on such data would be blamed for returning values outside [0, 1]."""
+    spy = Spy()
+    with pytest.raises(ValueError, match=match):
+        run(model, (images(data[0]), data[1]), {"spy": spy})
+    assert spy.calls == 0
+
+
 # ---------------------------------------------------------------- item 3: broken attack results
 
 

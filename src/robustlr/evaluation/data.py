@@ -1,8 +1,8 @@
 """Batches of ``(x, y)`` for evaluation, from a tensor pair, a torch Dataset or a DataLoader.
 
 Whatever the source, batches are re-chunked to exactly ``batch_size`` samples (the last one smaller), in the
-source's order, and cut after the first ``n`` samples; every batch is checked to hold float images
-``(N, C, H, W)`` and ``N`` integer labels.
+source's order, and cut after the first ``n`` samples; every batch is checked to hold finite float images
+``(N, C, H, W)`` with values in ``[0, 1]`` and ``N`` integer labels.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from .guards import RANGE_TOL
 
 __all__ = ["Data", "Batch", "iter_batches", "num_batches", "check_batch"]
 
@@ -90,7 +92,8 @@ def _rechunk(source: Iterable, batch_size: int, limit: int | None) -> Iterator[B
 
 
 def check_batch(batch: object) -> Batch:
-    """``ValueError`` naming ``data`` unless ``batch`` is ``(x, y)``: float ``(N, C, H, W)`` and ``N`` int labels."""
+    """``ValueError`` naming ``data`` unless ``batch`` is ``(x, y)``: float ``(N, C, H, W)`` finite images in
+    ``[0, 1]`` and ``N`` int labels."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise ValueError(f"data must yield (x, y) pairs, got {type(batch).__name__}")
     x, y = batch
@@ -102,4 +105,16 @@ def check_batch(batch: object) -> Batch:
         raise ValueError(f"data must hold integer labels y of shape (N,), got {got}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"data must have as many labels as images, got x with {x.shape[0]} and y with {y.shape[0]}")
+    if x.numel():
+        _check_unit_range(x)
     return x, y
+
+
+def _check_unit_range(x: torch.Tensor) -> None:
+    """``ValueError`` naming ``data`` unless ``x`` is finite with values in ``[0, 1]`` (one host transfer)."""
+    finite, lo, hi = torch.stack([torch.isfinite(x).all().to(x.dtype), x.min(), x.max()]).float().cpu().tolist()
+    if not finite:
+        raise ValueError("data must hold finite images, got NaN or inf values")
+    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
+        raise ValueError(f"data must hold images with values in [0, 1] (normalisation belongs inside the model: "
+                         f"robustlr.models.Normalize), got values in [{lo:.6g}, {hi:.6g}]")
