@@ -1,9 +1,15 @@
-"""The attack base class: validation, eval-mode handling, losses, restarts and seeded randomness.
+"""The attack base class: validation, eval-mode handling, precision, losses, restarts and seeded randomness.
 
 Every attack maps a batch of images ``x ∈ [0,1]^{N×C×H×W}`` with labels ``y`` to adversarial images of the
 same shape, dtype and device.  Subclasses implement :meth:`Attack._run`, one restart of the attack; the
-base class validates inputs, switches the model to eval mode (restoring it afterwards, also on error),
-runs the restarts and keeps, per sample, the best one.
+base class validates inputs, switches the model to eval mode (restoring every submodule's own mode
+afterwards, also on error: :func:`robustlr.modes.eval_mode`), runs the restarts and keeps, per sample, the
+best one.
+
+Precision (:mod:`robustlr.attacks.precision`): ``_run`` receives ``x`` in the working dtype (float32 for
+float16/bfloat16 images) and computes in it with autocast off; the model is fed the iterates cast to the
+input dtype, under the caller's autocast; :meth:`Attack._fit` returns the final images in the input dtype
+with ``‖x_adv − x‖ ≤ ε`` held in that dtype (:func:`~robustlr.attacks.projections.fit_budget`).
 
 Randomness never touches the global RNG.  Each sample's random draws come from its own
 ``torch.Generator`` seeded by ``(seed, restart, bytes of the sample)``, so an image gets the same random
@@ -23,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_int, check_number
-from .projections import check_norm
+from ..checks import check_int, check_number, is_integer
+from ..modes import eval_mode
+from .precision import WORK_DTYPE, Precision, check_budget
+from .projections import check_norm, fit_budget
 
 __all__ = ["Attack", "LOSSES"]
 
@@ -32,6 +40,8 @@ LOSSES = ("ce", "margin")
 """Attack objectives: cross-entropy, or the CW-style logit margin."""
 
 _RANGE_TOL = 1e-6
+_SEED_BOUND = 2**127
+"""Seeds are mixed into the per-sample keys as 16-byte signed integers."""
 
 
 class Attack(ABC):
@@ -40,13 +50,16 @@ class Attack(ABC):
     Args:
         model: any ``nn.Module`` (or callable) mapping ``[0,1]`` images to ``(N, num_classes)`` logits;
             normalisation belongs inside the model (see ``robustlr.models.Normalize``).
-        eps: the perturbation budget ``ε ≥ 0`` in the attack's norm.  ``ε = 0`` returns ``x`` unchanged.
+        eps: the perturbation budget ``ε ≥ 0`` in the attack's norm, any real number (``float``,
+            ``np.float32`` …) representable in float32 and, at call time, in the dtype of ``x``.
+            ``ε = 0`` returns ``x`` unchanged.
         norm: ``"linf"`` or ``"l2"``.
         loss: ``"ce"`` (cross-entropy, default) or ``"margin"`` (CW-style logit margin
             ``max_{j≠y} z_j − z_y``; targeted: ``z_t − max_{j≠t} z_j``).
         restarts: number of independent runs; per sample the first restart that fools the model is kept,
             else the one with the highest loss.
-        seed: seed of the attack's random draws; ``None`` draws a fresh one (kept in ``self.seed``).
+        seed: seed of the attack's random draws, any integer number in ``[-2**127, 2**127)``; ``None``
+            draws a fresh one (kept in ``self.seed``).
     """
 
     name: str = "attack"
@@ -64,45 +77,61 @@ class Attack(ABC):
         if not callable(model):
             raise ValueError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
         self.model = model
-        self.eps = check_number("eps", eps)
         self.norm = check_norm(norm)
+        self.eps = check_budget("eps", check_number("eps", eps), WORK_DTYPE, "the attack computes in it", self.norm)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
         self.restarts = check_int("restarts", restarts, 1)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
-        self.seed = secrets.randbits(63) if seed is None else seed
+        if seed is not None and not (is_integer(seed) and -_SEED_BOUND <= seed < _SEED_BOUND):  # type: ignore[operator]
+            raise ValueError(f"seed must be an integer in [-2**127, 2**127) or None, got {seed!r}")
+        self.seed = secrets.randbits(63) if seed is None else int(seed)  # type: ignore[arg-type]
         self._sample_keys: list[bytes] = []
         self._max_label = 0
+        self._precision: Precision | None = None
 
     # ------------------------------------------------------------------ public API
     def __call__(self, x: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
-        """Return adversarial examples for ``(x, y)``; with ``targeted=True``, ``y`` holds target labels."""
-        self._check_inputs(x, y)
+        """Return adversarial examples for ``(x, y)``; with ``targeted=True``, ``y`` holds target labels.
+
+        The result has ``x``'s dtype and device, values in ``[0, 1]`` and ``‖x_adv − x‖ ≤ ε`` in that dtype.
+        """
         if self.eps == 0:
+            self._check_call(x, y)
             return x.detach().clone()
         return self._guarded(x, y, targeted, self._best_of_restarts)
 
     def _guarded(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, fn: Callable):
-        """Run ``fn(x, y, targeted)`` with the model in eval mode and per-sample random keys set up.
+        """Check the call, then run ``fn(x_work, y, targeted)`` with the model in eval mode, per-sample random
+        keys and the call's :class:`~robustlr.attacks.precision.Precision` set up.
 
-        The model's training flag is restored afterwards, also when ``fn`` raises.
+        ``x_work`` is ``x`` in the working dtype; ``fn`` runs with autocast off (the model is called under the
+        caller's autocast by :meth:`_logits`).  Every submodule's training flag is restored afterwards, also
+        when ``fn`` raises.
         """
-        self._check_inputs(x, y)
-        was_training = getattr(self.model, "training", None)
-        if isinstance(self.model, nn.Module):
-            self.model.eval()
+        self._check_call(x, y)
+        precision = Precision.of(x)
         try:
-            self._sample_keys = self._keys(x)
-            self._max_label = int(y.max())  # read once per call: no device sync inside the attack steps
-            labels = y.detach().to(device=x.device, dtype=torch.long)
-            with torch.enable_grad():
-                return fn(x.detach(), labels, targeted)
+            with eval_mode(self.model), precision.arithmetic(), torch.enable_grad():
+                self._precision = precision
+                self._sample_keys = self._keys(x)
+                self._max_label = int(y.max())  # read once per call: no device sync inside the attack steps
+                labels = y.detach().to(device=x.device, dtype=torch.long)
+                return fn(x.detach().to(precision.work_dtype), labels, targeted)
         finally:
             self._sample_keys = []
-            if isinstance(self.model, nn.Module) and was_training:
-                self.model.train()
+            self._precision = None
+
+    def _check_call(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Check ``x`` and ``y`` (:meth:`_check_inputs`) and that every budget of the attack
+        (:meth:`_budgets`) is representable in ``x``'s dtype, before any work."""
+        self._check_inputs(x, y)
+        for name, value in self._budgets().items():
+            check_budget(name, value, x.dtype, "the dtype of x")
+
+    def _budgets(self) -> dict[str, float]:
+        """The attack's numbers that enter the perturbation arithmetic and must fit the images' dtype."""
+        return {"eps": self.eps}
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self._describe().items())
@@ -122,14 +151,32 @@ class Attack(ABC):
         """One restart of the attack; returns ``x_adv`` (detached)."""
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Model output, checked to be ``(N, num_classes)`` logits."""
-        out = self.model(x)
+        """Model output at ``x``, checked to be ``(N, num_classes)`` logits, in the working dtype.
+
+        During a call the model is fed ``x`` cast to the input dtype, under the caller's autocast state;
+        the gradient flows back through the cast, so it arrives in the working dtype.
+        """
+        precision = self._precision
+        if precision is None:
+            out = self.model(x)
+        else:
+            with precision.model_call():
+                out = self.model(x.to(precision.input_dtype))
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
                 f"model must return logits of shape (N, num_classes) = ({x.shape[0]}, K), got {shape}"
             )
+        if precision is not None and out.is_floating_point():
+            out = out.to(torch.promote_types(out.dtype, precision.work_dtype))
         return out
+
+    def _fit(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The final images ``clip_[0,1](x + δ)`` of a restart, in the input dtype, with ``‖x_adv − x‖ ≤ ε``
+        held in that dtype (:func:`~robustlr.attacks.projections.fit_budget`); ``delta`` and ``x`` are in
+        the working dtype."""
+        dtype = x.dtype if self._precision is None else self._precision.input_dtype
+        return fit_budget(delta.detach(), x, self.eps, self.norm, dtype)
 
     def _objective(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
         """Per-sample loss to *maximise*, shape (N,)."""

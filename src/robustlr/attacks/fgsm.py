@@ -34,3 +34,6 @@ class FGSM(PGD):
 
     def _default_alpha(self) -> float:
         return self.eps
+
+    def _alpha_rule(self) -> str:
+        return "eps"

@@ -34,7 +34,9 @@ from torch import nn
 
 from ..checks import check_int
 from .base import Attack
-from .projections import TINY, channel_svd, check_rank_spec, clip_unit, normalize_per_sample, per_sample_norm, resolve_rank
+from .precision import work_dtype
+from .projections import (TINY, channel_svd, check_rank_spec, clip_unit, fit_budget, normalize_per_sample,
+                          per_sample_norm, resolve_rank)
 
 __all__ = ["LoRaPGD", "INITS"]
 
@@ -47,8 +49,9 @@ class LoRaPGD(Attack):
     Args:
         model: maps ``[0,1]`` images to ``(N, num_classes)`` logits.
         eps: budget ``ε ≥ 0`` (L2 by default, as in the paper).
-        rank: per-channel rank: an int in ``[1, min(H, W)]`` or a fraction of ``min(H, W)`` in ``(0, 1]``
-            (``r = round(f·min(H, W))``, at least 1).
+        rank: per-channel rank: an integer number (``int``, ``np.int64``) in ``[1, min(H, W)]`` or a
+            fraction of ``min(H, W)`` in ``(0, 1]`` (any other real number, ``r = round(f·min(H, W))``, at
+            least 1).
         norm: ``"l2"`` (the paper) or ``"linf"`` (extension).
         steps: number of updates of the factors (the paper's code uses 10).
         init: ``"lora"`` (default) or ``"svd"``.
@@ -93,30 +96,41 @@ class LoRaPGD(Attack):
         return n * c * self.resolved_rank(shape) * (h + w) * element_size
 
     def perturbation(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The applied perturbation ``δ̂`` (before clipping) of factors ``U, V``: on the ε-sphere, rank ≤ r."""
+        """The applied perturbation ``δ̂`` (before clipping) of factors ``U, V``: on the ε-sphere, rank ≤ r.
+
+        ``D / ‖D‖`` is formed before the product with ``ε``, so a large representable ε cannot overflow.
+        """
+        return self._direction(u, v) * self.eps
+
+    def _direction(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``D / ‖D‖`` of ``D = U·V``: the perturbation on the unit sphere of the attack's norm."""
         d = u @ v
         if self.norm == "l2":
             scale = per_sample_norm(d, "l2")[:, None, None, None]
         else:
             scale = d.abs().amax(dim=(-2, -1), keepdim=True)
-        return self.eps * d / (scale + TINY)
+        return d / (scale + TINY)
+
+    def images(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The adversarial images of factors ``U, V`` on clean images ``x``: ``clip_[0,1](x + δ̂)`` in ``x``'s
+        dtype, with ``‖x_adv − x‖ ≤ ε`` held in that dtype (the arithmetic runs in float32 or wider,
+        :func:`~robustlr.attacks.projections.fit_budget`)."""
+        dtype = work_dtype(x.dtype)
+        delta = self.perturbation(u.detach().to(dtype), v.detach().to(dtype))
+        return fit_budget(delta, x.detach().to(dtype), self.eps, self.norm, x.dtype)
 
     def factors(
         self, x: torch.Tensor, y: torch.Tensor, targeted: bool = False, steps: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The factors ``(U, V)`` after ``steps`` updates (default ``self.steps``; 0 gives the init) of the
-        first restart."""
-        if steps is None:
-            steps = self.steps
-        elif isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be an int >= 0 or None, got {steps!r}")
-        n_steps = steps
+        first restart, in the working dtype (float32 for float16/bfloat16 images)."""
+        n_steps = self.steps if steps is None else check_int("steps", steps, 0)
         return self._guarded(x, y, targeted, lambda xx, yy, t: self._optimize(xx, yy, t, 0, n_steps))
 
     # ------------------------------------------------------------------ the algorithm
     def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:
         u, v = self._optimize(x, y, targeted, restart, self.steps)
-        return clip_unit(x + self.perturbation(u, v)).detach()
+        return self._fit(self.perturbation(u, v), x)
 
     def _optimize(
         self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int, steps: int
@@ -129,7 +143,7 @@ class LoRaPGD(Attack):
         for _ in range(steps):
             u.requires_grad_(True)
             v.requires_grad_(True)
-            x_adv = clip_unit(x + self.perturbation(u, v))
+            x_adv = clip_unit(x + _ScaledForward.apply(self._direction(u, v), self.eps))
             _, (g_u, g_v) = self._loss_and_grad(x_adv, y, targeted, wrt=[u, v])
             u = u.detach() + normalize_per_sample(g_u, "l2")
             v = v.detach() + normalize_per_sample(g_v, "l2")
@@ -150,3 +164,20 @@ class LoRaPGD(Attack):
         u = (p[..., :r] * root[..., None, :]).to(x.dtype)
         v = (root[..., :, None] * qh[..., :r, :]).to(x.dtype)
         return u, v
+
+
+class _ScaledForward(torch.autograd.Function):
+    """``t ↦ ε·t`` whose backward passes the gradient through unscaled.
+
+    The factor updates normalise their gradients per sample, so a positive global factor does not change
+    them; leaving ``ε`` out of the backward keeps it finite for any representable ε (with ε in it, the
+    ``1/TINY`` of the ``V = 0`` start times a large ε overflowed and the steps became 0 or NaN).
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        return t * eps
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None

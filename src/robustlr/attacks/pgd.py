@@ -14,14 +14,14 @@ Random start: L∞ uniform in ``[−ε, ε]^d``; L2 a Gaussian direction scaled 
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..checks import check_int
+from ..checks import check_int, check_number
 from .base import Attack
+from .precision import WORK_DTYPE, check_budget
 from .projections import clip_unit, normalize_per_sample, per_sample_norm, project_ball
 
 __all__ = ["PGD", "default_alpha"]
@@ -42,7 +42,8 @@ class PGD(Attack):
         eps: budget ``ε ≥ 0`` in ``norm``.
         norm: ``"linf"`` (default) or ``"l2"``.
         steps: number of gradient steps (≥ 1).
-        alpha: step size ``α > 0``; ``None`` uses :func:`default_alpha`.
+        alpha: step size ``α > 0`` (any real number representable in float32 and, at call time, in the
+            dtype of ``x``); ``None`` uses :func:`default_alpha`.
         random_start: start from a random point of the ε-ball instead of ``x``.
         restarts: independent runs; per sample the best is kept (see :class:`Attack`).
         seed: seed of the random start.
@@ -67,14 +68,23 @@ class PGD(Attack):
         super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed)
         self.steps = check_int("steps", steps, 1)
         if alpha is None:
-            alpha = self._default_alpha()
-        elif isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-            raise ValueError(f"alpha must be a finite number > 0 or None (default), got {alpha!r}")
-        self.alpha = float(alpha)
+            self.alpha = check_budget("alpha", self._default_alpha(), WORK_DTYPE,
+                                      f"the attack computes in it; alpha defaults to {self._alpha_rule()}",
+                                      self.norm)
+        else:
+            self.alpha = check_budget("alpha", check_number("alpha", alpha, 0.0, strict=True), WORK_DTYPE,
+                                      "the attack computes in it", self.norm)
         self.random_start = bool(random_start)
 
     def _default_alpha(self) -> float:
         return default_alpha(self.eps, self.steps, self.norm)
+
+    def _alpha_rule(self) -> str:
+        """How the default step size follows from the other arguments (for error messages)."""
+        return f"{_ALPHA_FACTOR[self.norm]}·eps/steps"
+
+    def _budgets(self) -> dict[str, float]:
+        return {**super()._budgets(), "alpha": self.alpha}
 
     def _describe(self) -> dict[str, object]:
         return {**super()._describe(), "steps": self.steps, "alpha": self.alpha, "random_start": self.random_start}
@@ -102,4 +112,4 @@ class PGD(Attack):
             x_adv = x_adv.detach() + self.alpha * normalize_per_sample(grad, self.norm)
             delta = self._shape_delta(project_ball(x_adv - x, self.eps, self.norm), step)
             x_adv = clip_unit(x + delta)
-        return x_adv.detach()
+        return self._fit(delta, x)

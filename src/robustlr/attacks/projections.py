@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from ..checks import is_integer, is_real
+
 __all__ = [
     "NORMS",
     "TINY",
@@ -22,6 +24,7 @@ __all__ = [
     "normalize_per_sample",
     "project_ball",
     "clip_unit",
+    "fit_budget",
     "truncate_rank",
     "check_rank_spec",
     "resolve_rank",
@@ -94,31 +97,121 @@ def clip_unit(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
 
 
+def fit_budget(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str, dtype: torch.dtype) -> torch.Tensor:
+    """The adversarial images ``clip_[0,1](x + δ)`` in ``dtype``, with the budget held in that dtype.
+
+    ``delta`` and ``x`` are in the attack's working dtype (float32 or wider, see
+    :mod:`robustlr.attacks.precision`) and ``x`` holds values of ``dtype`` (it is the upcast input).  The
+    returned ``x_adv`` (of ``dtype``) satisfies, per sample,
+
+    * ``x_adv ∈ [0, 1]``;
+    * ``‖x_adv − x‖∞ ≤ ε`` exactly (for L∞), and ``‖x_adv − x‖₂ ≤ ε`` as measured in the working dtype
+      from the returned tensor (for L2).
+
+    Rounding to nearest in ``dtype`` may move an entry away from ``x`` and push ``|δ_i|`` above ``ε`` (PGD-L∞
+    at ε = 0.1 reached 0.1035 in bfloat16).  Here ``δ`` is projected onto the ball of the largest radius of
+    the working dtype that is ``≤ ε``, and every entry of ``x + δ`` is rounded *toward* ``x``
+    (:func:`_round_toward`), so ``|x_adv_i − x_i| ≤ |δ_i|`` entry-wise and no norm grows.  For L2 the
+    float32 projection is accurate to a few ulps only; one correction step shrinks the samples whose
+    measured norm still exceeds the radius by a factor that puts them inside.
+    """
+    check_norm(norm)
+    if delta.dtype != x.dtype or delta.shape != x.shape:
+        raise ValueError(f"delta and x must have the same shape and dtype, got {tuple(delta.shape)} {delta.dtype} "
+                         f"and {tuple(x.shape)} {x.dtype}")
+    radius = _radius_below(eps, delta.dtype)
+    delta = project_ball(delta, radius, norm)
+    x_adv = _round_toward(x, delta, dtype)
+    if norm == "linf":
+        return x_adv
+    measured = per_sample_norm(x_adv.to(x.dtype) - x, "l2")
+    shrink = torch.where(measured > radius, radius / measured * (1 - _L2_MARGIN), torch.ones_like(measured))
+    corrected = _round_toward(x, delta * _view(delta, shrink), dtype)
+    return torch.where(_view(x_adv, shrink < 1), corrected, x_adv)
+
+
+_L2_MARGIN = 2.0**-20
+"""Relative margin of the L2 correction step: above the error of a float32 norm (a few ulps, 2⁻²⁴ each),
+below 1e-6, so a float32 result moves by less than 1e-6 per entry."""
+
+
+def _radius_below(eps: float, dtype: torch.dtype) -> float:
+    """The largest number of ``dtype`` that is ``≤ eps`` (``eps`` itself if representable)."""
+    radius = torch.tensor(eps, dtype=torch.float64).to(dtype)
+    if float(radius) > eps:
+        radius = torch.nextafter(radius, torch.zeros_like(radius))
+    return float(radius)
+
+
+def _round_toward(x: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``clip_[0,1](x + δ)`` rounded to ``dtype`` entry-wise toward ``x``, so ``|out_i − x_i| ≤ |δ_i|``.
+
+    ``x + δ`` is formed in the working dtype with its exact rounding error (Knuth's TwoSum: ``v + err``
+    equals ``x + δ`` exactly); the cast to ``dtype`` rounds to nearest, and an entry that landed beyond the
+    exact target on the far side from ``x`` is moved one step toward ``x``, to the neighbour that lies between
+    ``x`` and the target (``x`` is a value of ``dtype``, so that neighbour exists).
+    """
+    v = x + delta
+    back = v - x
+    err = (x - (v - back)) + (delta - back)
+    target = clip_unit(v)
+    err = torch.where(target == v, err, torch.zeros_like(err))  # a clipped entry is exactly 0 or 1
+    out = target.to(dtype)
+    seen = out.to(target.dtype)
+    above = (seen > target) | ((seen == target) & (err < 0))
+    below = (seen < target) | ((seen == target) & (err > 0))
+    target_above_x = (target > x) | ((target == x) & (err > 0))
+    target_below_x = (target < x) | ((target == x) & (err < 0))
+    away = (above & target_above_x) | (below & target_below_x)
+    return torch.where(away, torch.nextafter(out, x.to(dtype)), out)
+
+
+_RANK_DOC = "an int >= 1 (at most min(H, W)) or a fraction in (0, 1]"
+
+
+def _rank_number(rank: object, name: str, allowed: str) -> int | float:
+    """``rank`` as a Python ``int`` (any integer number: a rank) or ``float`` (any other real number: a
+    fraction); bools and non-numbers raise ``ValueError``."""
+    if is_integer(rank):
+        return int(rank)  # type: ignore[call-overload]
+    if is_real(rank):
+        return float(rank)  # type: ignore[arg-type]
+    raise ValueError(f"{name} must be {allowed}, got {rank!r}")
+
+
 def check_rank_spec(rank: int | float, name: str = "rank") -> int | float:
-    """Check that ``rank`` is an int ≥ 1 or a fraction in ``(0, 1]``; the upper bound of an int rank is
-    checked by :func:`resolve_rank` once the matrix size is known."""
-    ok_int = isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1
-    ok_frac = isinstance(rank, float) and math.isfinite(rank) and 0.0 < rank <= 1.0
-    if not (ok_int or ok_frac):
-        raise ValueError(f"{name} must be an int >= 1 (at most min(H, W)) or a fraction in (0, 1], got {rank!r}")
-    return rank
+    """Return ``rank`` as an ``int`` ≥ 1 or a ``float`` fraction in ``(0, 1]``, else raise ``ValueError``.
+
+    Any integer number (``int``, ``np.int64``) is a rank and any other real number (``float``,
+    ``np.float32``) a fraction; ``bool`` is neither.  The upper bound of an int rank is checked by
+    :func:`resolve_rank` once the matrix size is known.
+    """
+    value = _rank_number(rank, name, _RANK_DOC)
+    if isinstance(value, int):
+        ok = value >= 1
+    else:
+        ok = math.isfinite(value) and 0.0 < value <= 1.0
+    if not ok:
+        raise ValueError(f"{name} must be {_RANK_DOC}, got {rank!r}")
+    return value
 
 
 def resolve_rank(rank: int | float, full: int, name: str = "rank") -> int:
-    """Turn ``rank`` (an int in ``[1, full]`` or a fraction in ``(0, 1]``) into an int.
+    """Turn ``rank`` (an integer in ``[1, full]`` or a fraction in ``(0, 1]``) into an ``int``.
 
     A fraction ``f`` gives ``r = round(f · full)`` (at least 1), the convention of the LoRa-PGD paper
-    (e.g. 0.1 · 32 → 3).  A Python ``float`` is always read as a fraction, an ``int`` as a rank.
+    (e.g. 0.1 · 32 → 3).  As in :func:`check_rank_spec`, any integer number (``int``, ``np.int64``) is a rank
+    and any other real number (``float``, ``np.float32``) a fraction.
     """
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)):
-        raise ValueError(f"{name} must be an int in [1, {full}] or a fraction in (0, 1], got {rank!r}")
-    if isinstance(rank, int):
-        if not 1 <= rank <= full:
-            raise ValueError(f"{name} must be an int in [1, {full}] or a fraction in (0, 1], got {rank}")
-        return rank
-    if not (math.isfinite(rank) and 0.0 < rank <= 1.0):
-        raise ValueError(f"{name} must be an int in [1, {full}] or a fraction in (0, 1], got {rank}")
-    return max(1, min(full, int(round(rank * full))))
+    allowed = f"an int in [1, {full}] or a fraction in (0, 1]"
+    value = _rank_number(rank, name, allowed)
+    if isinstance(value, int):
+        if not 1 <= value <= full:
+            raise ValueError(f"{name} must be {allowed}, got {rank!r}")
+        return value
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"{name} must be {allowed}, got {rank!r}")
+    return max(1, min(full, int(round(value * full))))
 
 
 def channel_svd(x: torch.Tensor, full: bool = False):

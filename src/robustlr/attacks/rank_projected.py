@@ -27,7 +27,8 @@ class RankProjectedPGD(PGD):
     """PGD with a per-channel rank-``rank`` truncation of the perturbation.
 
     Args:
-        rank: an int in ``[1, min(H, W)]`` or a fraction of ``min(H, W)`` in ``(0, 1]``.
+        rank: an integer number in ``[1, min(H, W)]`` or a fraction of ``min(H, W)`` in ``(0, 1]`` (any
+            other real number, ``np.float32`` included).
         project: ``"last"`` (default, the paper's baseline) or ``"every"`` step.
         Other arguments as :class:`~robustlr.attacks.PGD` (default ``norm="l2"``).
     """

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..checks import check_int
 from .base import Attack
 from .fgsm import FGSM
 from .lora_pgd import LoRaPGD
@@ -55,9 +56,13 @@ def build_attack(
     """Construct the attack ``name`` (see the module table) at budget ``eps``.
 
     ``rank`` is required for the ranked attacks and refused for the others; ``steps`` and ``restarts``
-    are ignored by the single-step FGSM/FGM.
+    are checked for every attack (integers >= 1) and ignored by the single-step FGSM/FGM.  Numbers may be
+    of any real (``eps``, a fraction ``rank``) or integer (``steps``, ``restarts``, ``seed``, an int
+    ``rank``) type, numpy scalars included; the constructors check them.
     """
     norm = attack_norm(name)
+    check_int("steps", steps, 1)
+    check_int("restarts", restarts, 1)
     if name in RANKED_ATTACKS and rank is None:
         raise ValueError(f"attack {name!r} needs a rank (an int or a fraction in (0, 1]), got None")
     if name not in RANKED_ATTACKS and rank is not None:
