@@ -84,20 +84,23 @@ def evaluate(
         progress: show a tqdm bar over batches × attacks.
         sanity: run the sanity checks (monotonicity in ε, large-ε accuracy, zero input gradients,
             probability outputs); failures are returned in ``result.warnings`` and issued as
-            :class:`RobustnessWarning`, never raised.
+            :class:`RobustnessWarning`, never raised.  With or without them, a note says when attacks of
+            several norms ran at one ε (their worst cases are kept apart).
 
     Returns:
-        an :class:`EvaluationResult` (``to_dict()`` for JSON; per-sample masks kept in the object).
+        an :class:`EvaluationResult` (``to_dict()`` for JSON; per-sample masks kept in the object), with one
+        worst case per ε and norm (``result.worst_at(eps, norm=...)``).
 
     Raises:
-        ValueError: for an empty or malformed ``data``, ``x``/``y`` of different lengths, labels out of the
-            model's range, an empty ``attacks``, a spec that is neither ``at_eps(...)`` nor callable as
-            ``atk(x, y)``, a factory whose attack declares another ``eps`` than its grid ε, a bad ``eps_grid``,
-            ``batch_size`` or ``n`` < 1, a ``device`` this machine does not have, a model with NaN/inf in a
-            parameter or buffer or returning NaN/inf logits, or an attack returning a tensor of another shape,
-            of an integer dtype, with non-finite values, values outside ``[0, 1]`` or (when it declares its
-            ``norm``) a perturbation larger than its ε.  All but the last two families are raised before any
-            attack runs.
+        ValueError: for an empty or malformed ``data`` (images must be finite floats in ``[0, 1]``), ``x``/``y``
+            of different lengths, labels out of the model's range, an empty ``attacks``, a spec that is neither
+            ``at_eps(...)`` nor callable as ``atk(x, y)``, a factory whose attack declares another ``eps`` than
+            its grid ε, a bad ``eps_grid`` (a ``bool`` is no number), ``batch_size`` or ``n`` < 1, a ``device``
+            this machine does not have, a model with NaN/inf in a parameter or buffer or returning NaN/inf
+            logits, or an attack returning a tensor of another shape, of an integer dtype, with non-finite
+            values, values outside ``[0, 1]`` or (when it declares its ``norm``) a perturbation larger than its
+            ε.  The arguments and the model's weights are checked before any attack runs; each batch and its
+            clean logits before it is attacked; each attack result as it is returned.
     """
     batch_size = check_int("batch_size", batch_size, 1)
     if n is not None:
