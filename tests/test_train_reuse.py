@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from robustlr.train import TrainConfig, ensure_trained, train_seconds
-from robustlr.train.reuse import read_json, why_unfinished
+from robustlr.train.reuse import why_unfinished
 
 
 def _config(out, **changes) -> TrainConfig:
@@ -45,10 +45,10 @@ def test_an_empty_last_pt_is_not_reused_the_run_is_trained_again(fmnist, tmp_pat
     out = tmp_path / "run"
     files = _finished_run(out)
     (out / "last.pt").write_bytes(b"")
-    assert why_unfinished(out) == f"{out / 'last.pt'} is empty (0 bytes)"
+    assert f"{str(out / 'last.pt')!r} is empty (0 bytes)" in why_unfinished(out)
     assert ensure_trained(_config(out), progress=False) is True       # not reused: resume.pt is at the last epoch
     err = capsys.readouterr().err
-    assert "last.pt is empty (0 bytes)" in err and "training it again from scratch" in err and "set-aside-1" in err
+    assert "last.pt' is empty (0 bytes)" in err and "training it again from scratch" in err and "set-aside-1" in err
     assert why_unfinished(out) is None and torch.load(out / "last.pt", weights_only=True)
     aside = out / "set-aside-1"                                         # nothing is deleted
     assert (aside / "last.pt").read_bytes() == b"" and (aside / "summary.json").read_bytes() == files["summary.json"]
@@ -60,14 +60,13 @@ def test_an_unreadable_checkpoint_or_summary_is_resumed_from_resume_pt(fmnist, t
     _finished_run(out)
     (out / "summary.json").write_text("{not json")                     # resume.pt redoes the final evaluation
     stamp = (out / "last.pt").stat().st_mtime_ns
-    assert "summary.json: not valid JSON" in why_unfinished(out)
+    assert "summary.json' is not valid JSON (line 1 column 2" in why_unfinished(out)
     assert ensure_trained(_config(out), progress=False) is True
     assert "resuming from" in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 1
     assert (out / "last.pt").stat().st_mtime_ns == stamp and not (out / "set-aside-1").exists()
     (out / "last.pt.json").write_text("[]")                            # a sidecar that is not an object
-    assert why_unfinished(out).endswith("last.pt.json: expected a JSON object with the keys "
-                                        "['train_config', 'model_args'], got list")
+    assert why_unfinished(out).endswith("last.pt.json': expected a JSON object, got a list")
     assert ensure_trained(_config(out, epochs=2), progress=False) is True  # epoch 2 rewrites last.pt
     assert why_unfinished(out) is None and not (out / "set-aside-1").exists()
     assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2]
@@ -77,22 +76,20 @@ def test_a_malformed_config_json_is_refused_naming_the_file(fmnist, tmp_path):
     out = tmp_path / "run"
     files = _finished_run(out)
     (out / "config.json").write_text('{"method": ')
-    with pytest.raises(ValueError, match=r"config\.json: not valid JSON \(Expecting value"):
+    with pytest.raises(ValueError, match=r"run config '.*config\.json' is not valid JSON \(line 1 column 12"):
         ensure_trained(_config(out), progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {**files, "config.json": b'{"method": '}
 
 
 @pytest.mark.parametrize("text, problem", [
-    (b"", "not valid JSON (Expecting value: line 1 column 1 (char 0))"),
-    (b"\xff\xfe", "not valid JSON ('utf-8' codec can't decode"),
-    (b"[1, 2]", "expected a JSON object with the keys ['history'], got list"),
-    (b"{}", "expected a JSON object with the keys ['history']; missing ['history']"),
-    (b'{"history": [{"epoch": 1}]}', "history must be a list of epoch records with 'seconds'"),
+    (b"", "is empty (0 bytes)"),
+    (b"[1, 2]", ": expected a JSON object, got a list"),
+    (b"{}", ": history must be a list of epoch records with 'seconds'; got None"),
+    (b'{"history": [{"epoch": 1}]}', ": history must be a list of epoch records with 'seconds'"),
 ])
-def test_read_json_and_train_seconds_name_the_file_and_the_problem(tmp_path, text, problem):
+def test_train_seconds_names_the_file_and_the_problem(tmp_path, text, problem):
     (tmp_path / "metrics.json").write_bytes(text)
     with pytest.raises(ValueError) as error:
         train_seconds(tmp_path)
-    assert str(error.value).startswith(f"{tmp_path / 'metrics.json'}: {problem}")
-    with pytest.raises(ValueError, match="missing; expected a JSON object"):
-        read_json(tmp_path / "nothing.json")
+    assert str(error.value).startswith(f"metrics log {str(tmp_path / 'metrics.json')!r}{'' if problem[0] == ':' else ' '}"
+                                       f"{problem}")

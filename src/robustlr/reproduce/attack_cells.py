@@ -36,6 +36,9 @@ __all__ = ["Cell", "cells", "run_cell", "read_cell", "CELL_SETTINGS"]
 CELL_SETTINGS = ("eps", "steps", "n", "seed", "checkpoint")
 """The settings a stored cell was computed with; a cell stored with other values is computed again."""
 
+_PAYLOAD = ("side", "rank", "state_bytes", "n", "clean", "results")
+"""The keys of a cell record that its rows read; a record without them is computed again."""
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -91,5 +94,6 @@ def run_cell(cell: Cell, model: nn.Module, x: torch.Tensor, y: torch.Tensor, set
 
 
 def read_cell(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The record of a cell stored at ``path`` with the current ``settings``, else ``None``."""
-    return read_record(path, settings, CELL_SETTINGS)
+    """The record of a cell stored at ``path`` with the current ``settings``, else ``None`` (also for a record that
+    cannot be read: :func:`~robustlr.reproduce.records.read_record`)."""
+    return read_record(path, settings, CELL_SETTINGS, _PAYLOAD)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from ..files import atomic_write_text
 from ..report import markdown_table
-from .tables import complete_rows, table_columns
+from .tables import complete_rows, read_table, table_columns
 
 __all__ = ["write_results"]
 
@@ -55,15 +54,24 @@ def _section(doc: dict, figures_dir: Path, docs_dir: Path, source: Path) -> str:
 def write_results(runs_dir: Path, out: Path, notes_dir: Path | None = None) -> Path:
     """Write ``out`` (docs/results.md) from every non-smallest ``runs_dir/*/table.json``; figures are copied
     next to it into ``figures/``.  ``notes_dir/<experiment>.md``, if present, is appended to its section
-    (the written reading of the numbers, kept with the configs)."""
+    (the written reading of the numbers, kept with the configs).
+
+    Every table is read (:func:`~robustlr.reproduce.tables.read_table`) before anything is written: a malformed
+    ``table.json`` is a ``ValueError`` naming it and what is wrong, and ``out`` is left as it was.
+    """
     tables = sorted(runs_dir.glob("*/table.json"))
-    docs = [(json.loads(p.read_text()), p.parent) for p in tables]
+    docs = [(read_table(p), p.parent) for p in tables]
     docs = [(d, src) for d, src in docs if not d.get("smallest")]
     if not docs:
         smallest = len(tables)
         raise ValueError(f"runs_dir must hold experiments run by `robustlr reproduce NAME` (*/table.json; tables of "
                          f"--smallest runs are never published); {str(runs_dir)!r} holds none"
                          + (f" but {smallest} --smallest one(s)" if smallest else ""))
+    for doc, source in docs:
+        for name in doc.get("figures", []):
+            if Path(name).name != name or not (source / name).is_file():
+                raise ValueError(f"table {str(source / 'table.json')!r}: figures must name files next to it; "
+                                 f"{name!r} is not one (rerun `robustlr reproduce {doc['experiment']}` to draw it again)")
     figures_dir = out.parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     sections = []

@@ -17,9 +17,10 @@ from ..files import atomic_write_text
 from ..report import markdown_table
 from ..train import train_seconds
 from .configs import Experiment, load_experiment
+from .directory import claim_directory
 from .kinds import KIND_REGISTRY
 from .tables import complete_rows, table_columns
-from .training import run_state
+from .training import run_state, select_runs
 
 __all__ = ["reproduce", "write_table"]
 
@@ -61,9 +62,16 @@ def reproduce(name: str, out: Path | None = None, *, smallest: bool = False, onl
               progress: bool = True, directory: Path | None = None) -> dict:
     """Run experiment ``name`` of ``directory`` (default ``experiments/``): finished units are skipped, interrupted
     ones resumed, failed ones recorded in the table (``status`` ``failed``) while the others go on.  Writes and
-    returns the table document (see :func:`write_table`)."""
+    returns the table document (see :func:`write_table`).
+
+    Everything is checked before any work: the config, ``only`` (ids of its runs) and ``out``, which must be new,
+    empty or the directory of this experiment and variant (:func:`~robustlr.reproduce.directory.claim_directory`);
+    each raises a ``ValueError`` that leaves ``out`` as it was.
+    """
     exp = load_experiment(name, smallest=smallest, directory=directory)
     out = Path(out) if out else Path("runs") / "reproduce" / (f"{name}-smallest" if smallest else name)
+    select_runs(exp, only)
+    claim_directory(exp, out, smallest)
     kind = KIND_REGISTRY[exp.kind]
     t0 = time.perf_counter()
     kind.run(exp, out, only, progress)

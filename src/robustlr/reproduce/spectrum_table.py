@@ -92,7 +92,7 @@ def _run_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dic
 
 
 def _read(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    return read_record(path, settings, _STORED)
+    return read_record(path, settings, _STORED, ("side", "stats"))
 
 
 def run_spectrum(exp: Experiment, out: Path, only: list[str] | None = None, progress: bool = True) -> None:

@@ -7,13 +7,13 @@ are the table.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..report import plot_lines
 from ..train import train_seconds
 from .experiment import Experiment
+from .records import read_object
 from .training import run_state, state_row, train_runs
 
 __all__ = ["run_train_grid", "train_grid_rows", "train_grid_figures"]
@@ -28,8 +28,20 @@ def _acc(evaluation: dict, attack: str) -> dict[float, float]:
     return {r["eps"]: r["robust_accuracy"] for r in evaluation["robust_accuracy"] if r["attack"] == attack}
 
 
+def _summary(run_dir: Path) -> dict[str, Any]:
+    """The ``summary.json`` of a finished run, checked for what the table reads (``ValueError`` naming it)."""
+    path = run_dir / "summary.json"
+    summary = read_object(path, "run summary", ("evaluation", "final_metrics", "epochs_completed"))
+    last = summary["evaluation"].get("last") if isinstance(summary["evaluation"], dict) else None
+    if not (isinstance(last, dict) and "clean_accuracy" in last and isinstance(last.get("robust_accuracy"), list)
+            and isinstance(summary["final_metrics"], dict)):
+        raise ValueError(f"run summary {str(path)!r}: expected the summary that training writes (evaluation.last with clean_accuracy "
+                         f"and robust_accuracy, final_metrics); got evaluation = {summary['evaluation']!r:.120}")
+    return summary
+
+
 def _finished_row(run: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = _summary(run_dir)
     last = summary["evaluation"]["last"]
     final = summary["final_metrics"]
     seconds = train_seconds(run_dir)
@@ -65,8 +77,7 @@ def train_grid_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
 
 def train_grid_figures(exp: Experiment, out: Path) -> list[Path]:
     """Accuracy vs ε under FGSM and under PGD-L∞, one line per finished run (last model): ``<attack>.png``."""
-    summaries = {r["id"]: json.loads((out / r["id"] / "summary.json").read_text())
-                 for r in exp.runs if (out / r["id"] / "summary.json").is_file()}
+    summaries = {r["id"]: _summary(out / r["id"]) for r in exp.runs if run_state(out, r["id"]).status == "finished"}
     paths = []
     for attack in ("fgsm", "pgd-linf"):
         lines = {}

@@ -1,7 +1,9 @@
 """The first stage of every experiment kind: train its ``[[runs]]`` (TrainConfig dicts) resumably.
 
 Each run trains into ``out/<id>`` with :func:`robustlr.train.ensure_trained`: a finished run of the same
-settings is reused, an interrupted one (``resume.pt``) is resumed, one of other settings fails.  A run whose data set is not on this machine is
+settings is reused, an interrupted one (``resume.pt``) is resumed, one of other settings fails.  A run is
+finished only when its files can be read (:func:`robustlr.train.reuse.why_unfinished`): one with an empty or
+damaged ``last.pt``, ``best.pt`` or ``summary.json`` is trained (resumed or redone) again.  A run whose data set is not on this machine is
 *skipped* (``status.json`` says where it was looked for); a run that raises (a non-finite loss, a rank that
 does not fit the model, …) is *failed* (``status.json`` holds the error) and the next run goes on.  Both are
 attempted again by the next invocation.  A stop request (Ctrl-C, SIGTERM) stops everything, resumably.
@@ -25,7 +27,9 @@ from ..data import STORED_DATASETS, DatasetNotFoundError, find_split_files, load
 from ..data.catalog import SPLITS
 from ..files import atomic_write_text
 from ..train import TrainConfig, TrainingInterrupted, ensure_trained, load_trained
+from ..train.reuse import why_unfinished
 from .experiment import Experiment
+from .records import read_or_none
 
 __all__ = ["CHECKPOINTS", "STATUS_FILE", "RunState", "attempt", "finished_runs", "load_run", "missing_data", "read_status", "run_state",
            "select_runs", "state_row", "train_config", "train_runs"]
@@ -106,7 +110,7 @@ def train_runs(exp: Experiment, out: Path, only: list[str] | None = None, progre
     for run in tqdm(runs, desc=f"{exp.name}: training", disable=not progress):
         run_dir = out / run["id"]
         config = train_config(run, out)
-        missing = None if (run_dir / "summary.json").is_file() else missing_data(config)
+        missing = None if why_unfinished(run_dir) is None else missing_data(config)
         if missing is not None:
             _write_status(run_dir / STATUS_FILE, "skipped", missing)
             tqdm.write(f"{exp.name}: run {run['id']!r} skipped: {missing}", file=sys.stderr)
@@ -116,17 +120,16 @@ def train_runs(exp: Experiment, out: Path, only: list[str] | None = None, progre
 
 
 def read_status(path: Path) -> tuple[str, str] | None:
-    """``(status, error)`` of the failure or skip recorded at ``path``, or ``None`` if none is."""
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    return record["status"], record["error"]
+    """``(status, error)`` of the failure or skip recorded at ``path``, or ``None`` if none is (also when the
+    record cannot be read: the unit is then attempted again, see :func:`~robustlr.reproduce.records.read_or_none`)."""
+    record = read_or_none(path, "status record", ("status", "error"))
+    return None if record is None else (str(record["status"]), str(record["error"]))
 
 
 def run_state(out: Path, run_id: str) -> RunState:
     """The state of run ``run_id`` as recorded in ``out/<run_id>``."""
     run_dir = out / run_id
-    if (run_dir / "summary.json").is_file():
+    if why_unfinished(run_dir) is None:
         return RunState(run_id, "finished")
     recorded = read_status(run_dir / STATUS_FILE)
     return RunState(run_id, *recorded) if recorded else RunState(run_id, "pending")

@@ -2,59 +2,38 @@
 with each run, so that stopping it and starting it again loses at most the current batch.
 
 A run directory holds a *finished* run only when every file a reader of it needs can be read
-(:func:`why_unfinished`): ``summary.json`` is a JSON object, and ``best.pt`` and ``last.pt`` load (``torch.load``
-with ``weights_only=True`` on the CPU) with a sidecar that is a JSON object naming the training config.  A run
+(:func:`why_unfinished`): ``summary.json`` is a JSON object, and ``best.pt`` and ``last.pt`` with their sidecars
+load as trained models (:func:`~robustlr.train.load_trained` on the CPU, which reads the weights with
+``torch.load(weights_only=True)``).  A run
 that is not finished is resumed from its ``resume.pt`` when that can be read and the resumed training rewrites
 every unreadable checkpoint; otherwise its files are moved aside (``set-aside-N/``, nothing is deleted) and it is
 trained again from scratch.  Either way one line says why.
 
-:func:`read_json` is the one reader of the JSON files that runs and experiments leave behind: a missing file,
-text that is not JSON, or JSON that is not an object with the expected keys is a ``ValueError`` naming the file.
+The run's files are read with :func:`robustlr.files.read_json` and :func:`~robustlr.train.load_trained` (one
+reader each, whose errors name the file and what is wrong with it).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
+from ..checks import is_real
+from ..files import read_json
 from ..models import sidecar_path
-from .checkpointing import RunPaths, read_resume
+from .checkpointing import RunPaths, load_trained, read_resume
 from .config import TrainConfig, config_differences
 from .trainer import train
 
-__all__ = ["SET_ASIDE", "ensure_trained", "read_json", "train_seconds", "why_unfinished"]
+__all__ = ["SET_ASIDE", "ensure_trained", "refuse_differences", "train_seconds", "why_unfinished"]
 
 SET_ASIDE = "set-aside"
 """Stem of the subdirectories (``set-aside-1``, ...) that keep the files of a run that could not be continued."""
-
-
-def read_json(path: str | Path, keys: Sequence[str] = ()) -> dict[str, Any]:
-    """The JSON object stored at ``path``, which must hold every key of ``keys``.
-
-    Raises:
-        ValueError: naming ``path`` when the file is missing or unreadable, is not valid JSON (UTF-8), is not a
-            JSON object, or lacks one of ``keys``.
-    """
-    expected = f"a JSON object with the keys {list(keys)}" if keys else "a JSON object"
-    try:
-        doc = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: missing; expected {expected}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); expected {expected}") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected {expected}, got {type(doc).__name__}")
-    missing = [key for key in keys if key not in doc]
-    if missing:
-        raise ValueError(f"{path}: expected {expected}; missing {missing}")
-    return doc
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -68,18 +47,12 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 @functools.lru_cache(maxsize=256)
 def _load_problem(path: str, stamp: tuple[int, int], sidecar_stamp: tuple[int, int] | None) -> str | None:
-    """Why the checkpoint at ``path`` does not load, or ``None`` (cached on the stamps of the file and its
-    sidecar)."""
-    if stamp[1] == 0:
-        return f"{path} is empty (0 bytes)"
+    """Why the checkpoint at ``path`` does not load as a trained model, or ``None`` (cached on the stamps of the
+    file and its sidecar)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        return f"{path} does not load ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
-    try:
-        read_json(sidecar_path(path), ("train_config", "model_args"))
-    except ValueError as error:
-        return str(error)
+        load_trained(path)
+    except (ValueError, RuntimeError, KeyError, TypeError) as error:
+        return " ".join(str(error).split())
     return None
 
 
@@ -98,7 +71,7 @@ def why_unfinished(out: str | Path) -> str | None:
     if not paths.summary.exists():
         return f"{paths.summary} is missing"
     try:
-        read_json(paths.summary)
+        read_json(paths.summary, "run summary")
     except ValueError as error:
         return str(error)
     for checkpoint in (paths.last, paths.best):
@@ -108,20 +81,26 @@ def why_unfinished(out: str | Path) -> str | None:
     return None
 
 
+def refuse_differences(holder: str, differences: Mapping[str, tuple[Any, Any]], allowed: str) -> None:
+    """Refuse a directory that holds work of other settings: ``ValueError`` "``holder`` with other settings
+    {key: (stored, wanted)}; allowed: ``allowed``" when ``differences`` is not empty (the one refusal of ``train``
+    runs, the demo's networks and ``reproduce``'s experiment directories)."""
+    if differences:
+        raise ValueError(f"{holder} with other settings {dict(differences)} (stored, wanted); allowed: {allowed}")
+
+
 def _refuse_other_settings(paths: RunPaths, config: TrainConfig) -> TrainConfig | None:
     """The stored config of the run in ``paths.out`` (``None`` if there is none); ``ValueError`` if it is of other
     settings than ``config`` (apart from :data:`~robustlr.train.config.RESUME_MAY_DIFFER`)."""
     if not paths.config.exists():
         return None
     try:
-        stored = TrainConfig.from_dict(read_json(paths.config))
+        stored = TrainConfig.from_dict(read_json(paths.config, "run config"))
     except ValueError as error:
-        message = str(error) if str(error).startswith(str(paths.config)) else f"{paths.config}: {error}"
+        message = str(error) if str(paths.config) in str(error) else f"run config {str(paths.config)!r}: {error}"
         raise ValueError(f"{message}; allowed: the config.json that training wrote, or another out directory") from None
-    differences = config_differences(stored, config)
-    if differences:
-        raise ValueError(f"out {str(paths.out)!r} holds a run with other settings {differences} (stored, wanted); "
-                         "allowed: an empty directory, or a run of the same settings (it is then reused)")
+    refuse_differences(f"out {str(paths.out)!r} holds a run", config_differences(stored, config),
+                       "an empty directory, or a run of the same settings (it is then reused)")
     return stored
 
 
@@ -179,7 +158,7 @@ def ensure_trained(config: TrainConfig, progress: bool = True) -> bool:
         train(config, progress=progress, resume=paths.resume.is_file())
         return True
     if not _started(paths):
-        train(config, progress=progress)
+        train(config, progress=progress, resume=False)
         return True
     cannot_resume = _resume_problem(paths, config)
     if cannot_resume is None:
@@ -190,7 +169,7 @@ def ensure_trained(config: TrainConfig, progress: bool = True) -> bool:
     aside = _set_aside(paths.out)
     tqdm.write(f"{paths.out}: {problem}, and {cannot_resume}; training it again from scratch (its files are kept "
                f"in {aside})", file=sys.stderr)
-    train(config, progress=progress)
+    train(config, progress=progress, resume=False)
     return True
 
 
@@ -198,7 +177,8 @@ def train_seconds(run_dir: Path) -> float:
     """Seconds spent in the training epochs of the run in ``run_dir`` (from its ``metrics.json``; ``ValueError``
     naming the file if that is not an object with a ``history`` of epoch records with ``seconds``)."""
     path = Path(run_dir) / "metrics.json"
-    history = read_json(path, ("history",))["history"]
-    if not isinstance(history, list) or not all(isinstance(r, dict) and "seconds" in r for r in history):
-        raise ValueError(f"{path}: history must be a list of epoch records with 'seconds'; got {history!r:.200}")
+    history = read_json(path, "metrics log").get("history")
+    if not isinstance(history, list) or not all(isinstance(r, dict) and is_real(r.get("seconds")) for r in history):
+        raise ValueError(f"metrics log {str(path)!r}: history must be a list of epoch records with 'seconds'; "
+                         f"got {history!r:.200}")
     return sum(record["seconds"] for record in history)
