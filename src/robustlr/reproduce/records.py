@@ -31,7 +31,8 @@ def read_object(path: Path, what: str, keys: Sequence[str] = ()) -> dict[str, An
     doc = read_json(path, what)
     missing = [key for key in keys if key not in doc]
     if missing:
-        raise ValueError(f"{what} {str(path)!r} lacks the key(s) {missing}; expected an object with {list(keys)}")
+        expected = f" (of {list(keys)})" if len(missing) < len(keys) else ""
+        raise ValueError(f"{what} {str(path)!r} lacks the key(s) {missing}{expected}")
     return doc
 
 
