@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import io
-from pathlib import Path
 
 import torch
 
 from ..evaluate import at_eps, evaluate
 from ..files import file_stem
 from ..report import SUMMARY_COLUMNS, atomic_write_bytes, format_table, write_report
-from .options import options_record, add_attack_options, add_data_options, add_model_options, add_run_options, default_out
+from .options import options_record, add_attack_options, add_data_options, add_model_options, add_run_options
+from .outputs import check_out
 from .plan import plan_attacks
-from .setup import device_of, load_data, load_model
+from .setup import check_counts, check_model_fits, device_of, load_data, load_model
 
 __all__ = ["register"]
 
@@ -33,13 +33,21 @@ class _Recorder:
         return out
 
 
+CONTINUE_HINT = "rerun the command (nothing is resumable: the report is written at the end)"
+
+
 def run(args: argparse.Namespace, save_adversarial: bool) -> int:
-    torch.manual_seed(args.seed)
+    """Check every input (device, output directory, counts, data, model and its fit, attacks and budgets)
+    before any work, then evaluate each threat model and write its report into ``--out``."""
     device = device_of(args)
+    output = check_out(args, args.command)
+    check_counts(args)
+    torch.manual_seed(args.seed)
     data = load_data(args)
-    model = load_model(args, data)
-    plans = plan_attacks(args, model)
-    out = Path(args.out) if args.out else default_out(args.command)
+    model = load_model(args, data, device)
+    check_model_fits(model, data, args, device)
+    plans = plan_attacks(args, model, data)
+    out = output.create()
     recorders: dict[str, _Recorder] = {}
     for plan in plans:
         if save_adversarial:
@@ -53,6 +61,7 @@ def run(args: argparse.Namespace, save_adversarial: bool) -> int:
         print(format_table(result.rows(), SUMMARY_COLUMNS))
     for key, rec in recorders.items():
         atomic_write_bytes(out / "adversarial" / f"{key}.pt", _tensor_bytes(torch.cat(rec.batches)))
+    output.finish()
     print(f"\nreport written to {out}")
     return 0
 
@@ -82,4 +91,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_data_options(p)
         add_attack_options(p, DEFAULT_ATTACKS)
         add_run_options(p, command)
-        p.set_defaults(handler=lambda a, save=save: run(a, save))
+        p.set_defaults(handler=lambda a, save=save: run(a, save), continue_hint=CONTINUE_HINT)

@@ -1,53 +1,99 @@
-"""Turn attack options into evaluation plans: one per threat model, each with its ε grid."""
+"""Turn attack options into evaluation plans: one per threat model, each with its ε grid.
+
+Every value is checked here under the option that gave it, before any attack runs: the budgets of a norm
+come from ``--eps-<norm>``, else ``--eps``, else the command's defaults, and must be finite in the images'
+dtype; the ranks of ``--rank`` must fit the images (an int at most min(H, W)).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..attacks import RANKED_ATTACKS, attack_norm, build_attack
+from ..attacks.projections import resolve_rank
+from ..data import ImageDataset
 from ..evaluate import AttackSpec, at_eps
 from .options import CliError
+from .setup import cli_names
 
-__all__ = ["Plan", "plan_attacks", "DEFAULT_EPS", "DEFAULT_RANKS"]
+__all__ = ["Plan", "plan_attacks", "budgets", "check_budgets", "DEFAULT_EPS", "DEFAULT_RANKS"]
 
 DEFAULT_EPS = {"linf": [0.0, 0.02, 0.05, 0.1, 0.2], "l2": [0.0, 0.5, 1.0, 2.0, 3.0]}
 """ε grids used when neither ``--eps`` nor ``--eps-<norm>`` is given (pixel units, images in [0, 1])."""
 DEFAULT_RANKS: list[int | float] = [0.1, 0.3, 0.5]
 
+_ATTACK_OPTIONS = {"rank": "--rank", "eps": "--eps", "steps": "--steps", "restarts": "--restarts", "seed": "--seed"}
+"""The library's names of the attack arguments and the options that give them."""
+
 
 @dataclass
 class Plan:
-    """The attacks of one threat model and the budgets to evaluate them at."""
+    """The attacks of one threat model and the budgets to evaluate them at (given by ``eps_option``)."""
 
     norm: str
     eps: list[float]
     attacks: dict[str, AttackSpec]
+    eps_option: str = "--eps"
 
 
 def _label(name: str, rank: int | float | None) -> str:
     return name if rank is None else f"{name} r={rank}"
 
 
-def plan_attacks(args: argparse.Namespace, model: nn.Module) -> list[Plan]:
-    """Group the requested attacks by norm; ranked attacks get one entry per ``--rank``."""
-    names = args.attack or args.default_attacks
+def budgets(args: argparse.Namespace, norm: str, defaults: Mapping[str, Sequence[float]]) -> tuple[str, list[float]]:
+    """The option that gives the budgets of ``norm`` (``--eps-<norm>``, else ``--eps``, else ``"default"``)
+    and its values, as given."""
+    for option in (f"--eps-{norm}", "--eps"):
+        values = getattr(args, option[2:].replace("-", "_"), None)
+        if values:
+            return option, list(values)
+    return "default", list(defaults[norm])
+
+
+def check_budgets(option: str, values: Sequence[float], dtype: torch.dtype) -> None:
+    """Check that every budget of ``option`` is a finite number in ``dtype`` (``--eps 1e39`` overflows
+    float32 images); the parser has already checked that each is finite and >= 0."""
+    if not dtype.is_floating_point:
+        return
+    largest = torch.finfo(dtype).max
+    for value in values:
+        if not value <= largest:
+            raise CliError(f"{option} {value:g} is too large for {str(dtype).removeprefix('torch.')} images "
+                           f"(largest finite value {largest:g}); give a budget <= {largest:g}")
+
+
+def plan_attacks(args: argparse.Namespace, model: nn.Module, data: ImageDataset,
+                 defaults: Mapping[str, Sequence[float]] = DEFAULT_EPS) -> list[Plan]:
+    """Group the requested attacks by norm; ranked attacks get one entry per ``--rank``.
+
+    Raises:
+        CliError: naming the option: a budget not finite in the images' dtype (``--eps``/``--eps-<norm>``),
+            a rank that does not fit the images (``--rank``), or any argument the attack refuses.
+    """
+    names = list(dict.fromkeys(args.attack or args.default_attacks))
     ranks = args.rank or DEFAULT_RANKS
-    for value, option in ((args.steps, "--steps"), (args.restarts, "--restarts")):
-        if value < 1:
-            raise CliError(f"{option} must be an int >= 1, got {value}")
+    if any(name in RANKED_ATTACKS for name in names):
+        side = min(data.image_shape[1:])
+        for rank in ranks:
+            with cli_names(_ATTACK_OPTIONS):
+                resolve_rank(rank, side, name="--rank")
     plans: dict[str, Plan] = {}
-    for name in dict.fromkeys(names):
+    for name in names:
         norm = attack_norm(name)
         if norm not in plans:
-            eps = getattr(args, f"eps_{norm}") or args.eps or DEFAULT_EPS[norm]
-            plans[norm] = Plan(norm, sorted(set(eps)), {})
+            option, eps = budgets(args, norm, defaults)
+            check_budgets(option, eps, data.images.dtype)
+            plans[norm] = Plan(norm, sorted(set(eps)), {}, option)
         for rank in (ranks if name in RANKED_ATTACKS else [None]):
             def factory(e: float, name: str = name, rank: int | float | None = rank):
                 return build_attack(name, model, e, rank=rank, steps=args.steps, restarts=args.restarts, seed=args.seed)
 
-            factory(1.0)  # validates the arguments now, before any work
+            with cli_names(_ATTACK_OPTIONS):
+                factory(max(plans[norm].eps) or 1.0)  # validates the arguments now, before any work
             plans[norm].attacks[_label(name, rank)] = at_eps(factory)
     return list(plans.values())
