@@ -148,3 +148,7 @@ def test_a_run_whose_last_pt_is_empty_is_trained_again(experiments, fmnist, tmp_
     assert torch.load(out / "a" / "last.pt", weights_only=True) and (out / "a" / "set-aside-1" / "last.pt").is_file()
     doc = json.loads((out / "table.json").read_text())
     assert doc["runs"] == {"finished": 1} and doc["rows"][0]["status"] == "finished"
+    (out / "a" / "summary.json").write_text('{"epochs_completed": 1}')  # an object, but not what training writes
+    assert main(["reproduce", "one", "--smallest", "--out", str(out), "--no-progress"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("robustlr: error: run summary '") and "lacks the key(s) ['evaluation', 'final_metrics']" in last

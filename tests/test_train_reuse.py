@@ -91,5 +91,5 @@ def test_train_seconds_names_the_file_and_the_problem(tmp_path, text, problem):
     (tmp_path / "metrics.json").write_bytes(text)
     with pytest.raises(ValueError) as error:
         train_seconds(tmp_path)
-    assert str(error.value).startswith(f"metrics log {str(tmp_path / 'metrics.json')!r}{'' if problem[0] == ':' else ' '}"
-                                       f"{problem}")
+    separator = "" if problem.startswith(":") else " "
+    assert str(error.value).startswith(f"metrics log {str(tmp_path / 'metrics.json')!r}{separator}{problem}")

@@ -71,7 +71,8 @@ def write_results(runs_dir: Path, out: Path, notes_dir: Path | None = None) -> P
         for name in doc.get("figures", []):
             if Path(name).name != name or not (source / name).is_file():
                 raise ValueError(f"table {str(source / 'table.json')!r}: figures must name files next to it; "
-                                 f"{name!r} is not one (rerun `robustlr reproduce {doc['experiment']}` to draw it again)")
+                                 f"{name!r} is not one (rerun `robustlr reproduce {doc['experiment']}` to draw it "
+                                 "again)")
     figures_dir = out.parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     sections = []

@@ -35,8 +35,9 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     last = summary["evaluation"].get("last") if isinstance(summary["evaluation"], dict) else None
     if not (isinstance(last, dict) and "clean_accuracy" in last and isinstance(last.get("robust_accuracy"), list)
             and isinstance(summary["final_metrics"], dict)):
-        raise ValueError(f"run summary {str(path)!r}: expected the summary that training writes (evaluation.last with clean_accuracy "
-                         f"and robust_accuracy, final_metrics); got evaluation = {summary['evaluation']!r:.120}")
+        raise ValueError(f"run summary {str(path)!r}: expected the summary that training writes (evaluation.last "
+                         f"with clean_accuracy and robust_accuracy, final_metrics); got evaluation = "
+                         f"{summary['evaluation']!r:.120}")
     return summary
 
 
