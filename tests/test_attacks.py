@@ -187,6 +187,52 @@ def test_model_mode_restored_also_on_error(batch):
     assert not model.training
 
 
+class _Mixed(nn.Module):
+    """A model whose submodules are in deliberately different modes."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(1)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(784, classes))
+
+    def forward(self, x):
+        return self.fc(self.drop(self.bn(x)))
+
+
+def _modes(model: nn.Module) -> dict[str, bool]:
+    return {name: module.training for name, module in model.named_modules()}
+
+
+@pytest.mark.parametrize("make", [lambda m: PGD(m, 0.1, steps=1, seed=0), lambda m: LoRaPGD(m, 0.5, 3, steps=1, seed=0),
+                                  lambda m: FGSM(m, 0.1), lambda m: RankProjectedPGD(m, 0.5, 3, steps=1)])
+def test_every_submodule_mode_restored_also_on_error(batch, make):
+    """A frozen BatchNorm in a training model stays in eval; an MC-dropout block in an eval model stays in
+    train; the attack itself runs every submodule in eval mode."""
+    x, y = batch
+    frozen_bn = _Mixed()
+    frozen_bn.train()
+    frozen_bn.bn.eval()
+    mc_dropout = _Mixed()
+    mc_dropout.eval()
+    mc_dropout.drop.train()
+    for model in (frozen_bn, mc_dropout):
+        before = _modes(model)
+        seen = []
+        hook = model.drop.register_forward_pre_hook(lambda module, args: seen.append(_modes(model)))
+        make(model)(x, y)
+        hook.remove()
+        assert _modes(model) == before
+        assert seen and all(not any(modes.values()) for modes in seen)
+    bad = _Mixed(classes=3)  # labels up to 9 > 3 logits
+    bad.train()
+    bad.bn.eval()
+    before = _modes(bad)
+    with pytest.raises(ValueError, match="y must hold labels"):
+        make(bad)(x, y)
+    assert _modes(bad) == before
+
+
 def test_dtype_and_device_follow_input(cnn, batch):
     x, y = batch
     model = cnn.double()

@@ -11,6 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from robustlr.attacks.projections import (
     check_rank_spec,
+    fit_budget,
     normalize_per_sample,
     per_sample_norm,
     project_ball,
@@ -38,6 +39,33 @@ def test_project_ball_leaves_inside_points_unchanged(arr, norm):
     d = torch.from_numpy(arr)
     eps = float(per_sample_norm(d, norm).max()) + 1.0
     torch.testing.assert_close(project_ball(d, eps, norm), d)
+
+
+unit_batches = arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(2, 5), st.integers(2, 5)),
+                      elements=st.floats(0, 1, width=32))
+low_eps = st.one_of(st.floats(1e-6, 2.0, allow_nan=False), st.sampled_from([0.1, 1 / 255, 8 / 255, 0.3]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(unit_batches, batches, low_eps, st.sampled_from(["linf", "l2"]),
+       st.sampled_from([torch.float16, torch.bfloat16, torch.float32]))
+def test_fit_budget_holds_exactly_in_the_output_dtype(clean, noise, eps, norm, dtype):
+    """Whatever x (a value of dtype in [0, 1]) and δ: x_adv has dtype, lies in [0, 1] and within ε of x,
+    measured in float64."""
+    n = min(clean.shape[0], noise.shape[0])
+    shape = tuple(min(a, b) for a, b in zip(clean.shape[1:], noise.shape[1:]))
+    x = torch.from_numpy(clean[:n, : shape[0], : shape[1], : shape[2]].copy()).to(dtype).float()
+    delta = torch.from_numpy(noise[:n, : shape[0], : shape[1], : shape[2]].copy()) * eps
+    x_adv = fit_budget(delta, x, eps, norm, dtype)
+    assert x_adv.dtype == dtype
+    wide = x_adv.double()
+    assert float(wide.min()) >= 0 and float(wide.max()) <= 1
+    assert bool((per_sample_norm(wide - x.double(), norm) <= eps).all())
+
+
+def test_fit_budget_refuses_mismatched_tensors():
+    with pytest.raises(ValueError, match="same shape and dtype"):
+        fit_budget(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.float64), 0.1, "linf", torch.float32)
 
 
 @settings(max_examples=40, deadline=None)
@@ -78,7 +106,13 @@ def test_resolve_rank(rank, full, expected):
     assert resolve_rank(rank, full) == expected
 
 
-@pytest.mark.parametrize("rank", [0, -1, 29, 1.5, 0.0, float("nan"), True, "3", None])
+@pytest.mark.parametrize("rank,full,expected", [(np.int64(3), 28, 3), (np.float32(0.1), 32, 3), (np.float64(0.5), 224, 112)])
+def test_resolve_rank_takes_numpy_numbers(rank, full, expected):
+    assert resolve_rank(rank, full) == expected
+    assert check_rank_spec(rank) == (int(rank) if isinstance(rank, np.integer) else float(rank))
+
+
+@pytest.mark.parametrize("rank", [0, -1, 29, 1.5, 0.0, float("nan"), True, np.bool_(True), "3", None])
 def test_resolve_rank_rejects(rank):
     with pytest.raises(ValueError, match="rank"):
         resolve_rank(rank, 28)

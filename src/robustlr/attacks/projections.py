@@ -106,14 +106,14 @@ def fit_budget(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str, dtyp
 
     * ``x_adv ∈ [0, 1]``;
     * ``‖x_adv − x‖∞ ≤ ε`` exactly (for L∞), and ``‖x_adv − x‖₂ ≤ ε`` as measured in the working dtype
-      from the returned tensor (for L2).
+      (or wider) from the returned tensor (for L2).
 
     Rounding to nearest in ``dtype`` may move an entry away from ``x`` and push ``|δ_i|`` above ``ε`` (PGD-L∞
     at ε = 0.1 reached 0.1035 in bfloat16).  Here ``δ`` is projected onto the ball of the largest radius of
     the working dtype that is ``≤ ε``, and every entry of ``x + δ`` is rounded *toward* ``x``
     (:func:`_round_toward`), so ``|x_adv_i − x_i| ≤ |δ_i|`` entry-wise and no norm grows.  For L2 the
-    float32 projection is accurate to a few ulps only; one correction step shrinks the samples whose
-    measured norm still exceeds the radius by a factor that puts them inside.
+    float32 projection is accurate to a few ulps only; one correction step scales the samples whose
+    measured norm is within :data:`_L2_MARGIN` of the radius (or above it) onto ``(1 − margin)·radius``.
     """
     check_norm(norm)
     if delta.dtype != x.dtype or delta.shape != x.shape:
@@ -124,15 +124,18 @@ def fit_budget(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str, dtyp
     x_adv = _round_toward(x, delta, dtype)
     if norm == "linf":
         return x_adv
+    target = radius * (1 - _L2_MARGIN)
     measured = per_sample_norm(x_adv.to(x.dtype) - x, "l2")
-    shrink = torch.where(measured > radius, radius / measured * (1 - _L2_MARGIN), torch.ones_like(measured))
+    shrink = torch.where(measured > target, target / measured, torch.ones_like(measured))
     corrected = _round_toward(x, delta * _view(delta, shrink), dtype)
     return torch.where(_view(x_adv, shrink < 1), corrected, x_adv)
 
 
 _L2_MARGIN = 2.0**-20
-"""Relative margin of the L2 correction step: above the error of a float32 norm (a few ulps, 2⁻²⁴ each),
-below 1e-6, so a float32 result moves by less than 1e-6 per entry."""
+"""Relative margin of the L2 correction step: the samples measured above ``(1 − margin)·radius`` are scaled
+onto that radius.  It exceeds the error of a float32 norm (a few ulps of 2⁻²⁴), so the result is inside the
+ball also when measured in float64, and stays below 1e-6, so a float32 result moves by less than 1e-6 per
+entry."""
 
 
 def _radius_below(eps: float, dtype: torch.dtype) -> float:
