@@ -33,7 +33,7 @@ class _Recorder:
         return out
 
 
-CONTINUE_HINT = "rerun the command (nothing is resumable: the report is written at the end)"
+CONTINUE_HINT = "rerun the command (nothing is resumable: the report is written at the end; the same --out is replaced)"
 
 
 def run(args: argparse.Namespace, save_adversarial: bool) -> int:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..checks import check_choice, check_device, check_int
-from ..files import read_json
 from ..data import DATASET_NAMES, ImageDataset, load_dataset
+from ..files import read_json
 from ..models import create, load_checkpoint, load_model_file, sidecar_path
 from ..modes import eval_mode
 from ..train import load_trained

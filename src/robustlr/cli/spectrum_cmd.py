@@ -21,7 +21,7 @@ __all__ = ["register", "write_spectrum", "SPECTRUM_EPS", "spectrum_budget"]
 
 SPECTRUM_EPS = {"l2": [0.5], "linf": [0.05]}
 """The budget of each norm's attacks when neither ``--eps-<norm>`` nor ``--eps`` is given."""
-CONTINUE_HINT = "rerun the command (nothing is resumable: the spectra are written at the end)"
+CONTINUE_HINT = "rerun the command (nothing is resumable: the spectra are written at the end; the same --out is replaced)"
 
 COLUMNS = {"attack": "attack", "effective_rank": "effective rank", "stable_rank": "stable rank",
            "nuclear_norm": "mean ‖δ_c‖_*", "energy_top": "E_r at r = 10 % of n"}
