@@ -136,3 +136,44 @@ def test_help_lists_every_command_and_option():
     for option in ("--model", "--model-file", "--checkpoint", "--data", "--split", "--n", "--attack", "--eps", "--rank",
                    "--steps", "--restarts", "--seed", "--batch-size", "--device", "--out", "--config"):
         assert option in sub
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["evaluate"], ["attack"], ["spectrum"], ["train"], ["reproduce", "x"],
+                                  ["results"]], ids=lambda argv: argv[0])
+def test_an_unknown_option_is_reported_by_its_own_command(argv, capsys):
+    assert main([*argv, "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustlr: error: unrecognized arguments: --bogus") and len(err.strip().splitlines()) == 1
+    assert f"see 'robustlr {argv[0]} --help'" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["evaluate", "--batch-size", "0"], "--batch-size must be an integer >= 1; got 0"),
+    (["evaluate", "--n", "-1"], "--n must be an integer >= 0 (0 = all); got -1"),
+    (["evaluate", "--n", "1.5"], "--n must be an integer >= 0 (0 = all); got 1.5"),
+    (["attack", "--steps", "0"], "--steps must be an integer >= 1; got 0"),
+    (["spectrum", "--restarts", "0"], "--restarts must be an integer >= 1; got 0"),
+    (["evaluate", "--seed", "-1"], "--seed must be an integer >= 0; got -1"),
+    (["evaluate", "--eps", "0.1,nan"], "--eps must be a finite number >= 0; got nan"),
+    (["evaluate", "--rank", "0"], "--rank must be an int >= 1"),
+    (["evaluate", "--device", "meta"], "--device must be one this machine has (cpu"),
+    (["demo", "--seed", "x"], "--seed must be an integer >= 0; got 'x'"),
+    (["train", "--batch-size", "0"], "--batch-size must be an integer >= 1; got 0"),
+    (["train", "--val-fraction", "1"], "--val-fraction must be a number in (0, 1)"),
+    (["train", "--train-subset", "1"], "--train-subset must be an integer >= 2"),
+    (["train", "--eval-n", "-1"], "--eval-n must be an integer >= 0 (0 = all); got -1"),
+    (["train", "--gamma", "0"], "--gamma must be a finite number > 0; got 0"),
+    (["train", "--adv", "pgd", "--adv-fraction", "2"], "--adv-fraction must be a number in [0, 1]"),
+    (["train", "--adv", "pgd", "--adv-eps", "-0.1"], "--adv-eps must be a finite number >= 0; got -0.1"),
+    (["train", "--adv", "lora-pgd", "--adv-rank", "0"], "--adv-rank must be an int >= 1"),
+    (["train", "--adv", "pgd", "--adv-norm", "l1"], "--adv-norm: invalid choice: 'l1' (choose from 'linf', 'l2')"),
+    (["train", "--theta", "1"], "--theta must be a relative truncation tolerance in [0, 1); got 1"),
+    (["train", "--rank", "x"], "--rank must be an int >= 1"),
+    (["train", "--nproc", "0"], "--nproc must be an integer >= 1; got 0"),
+])
+def test_option_values_are_checked_under_their_option_names_before_any_work(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"robustlr: error: {message}") and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

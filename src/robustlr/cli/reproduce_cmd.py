@@ -1,8 +1,8 @@
 """``robustlr reproduce NAME``: run a versioned experiment of ``experiments/`` and write its table.
 
 Exit codes: 0 when every attempted unit finished (runs skipped for missing data are listed, not failures), 1 when
-some run or cell failed (listed on stderr; the others went on), 130 when stopped (rerun to resume), 2 for a bad
-config or argument.
+some run or cell failed (listed on stderr; the others went on), 130 when stopped by Ctrl-C (128 + N by signal N;
+``robustlr.cli.main`` prints how to continue: :data:`CONTINUE_HINT`), 2 for a bad config or argument.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ from pathlib import Path
 from ..report import format_table
 from ..reproduce import available, reproduce
 from ..reproduce.tables import table_columns
-from ..train import TrainingInterrupted
 
-__all__ = ["register"]
+__all__ = ["CONTINUE_HINT", "register"]
+
+CONTINUE_HINT = "rerun the same command: finished runs are kept"
+"""How to continue an interrupted ``robustlr reproduce`` (printed by ``robustlr.cli.main``)."""
 
 
 def run(args: argparse.Namespace) -> int:
     out = args.out or "runs/reproduce/" + args.name + ("-smallest" if args.smallest else "")
-    try:
-        doc = reproduce(args.name, Path(out), smallest=args.smallest, only=args.only, progress=not args.no_progress)
-    except TrainingInterrupted as stop:
-        print(f"robustlr: {stop}; rerun the same command to resume", file=sys.stderr)
-        return 130
+    doc = reproduce(args.name, Path(out), smallest=args.smallest, only=args.only, progress=not args.no_progress)
     rows = doc["rows"]
     if rows:
         print(format_table(rows, table_columns(rows)))
@@ -53,4 +51,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smallest", action="store_true", help="the quickest variant of every run (for a smoke test)")
     p.add_argument("--only", action="append", metavar="RUN_ID", help="run only these runs (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, continue_hint=CONTINUE_HINT)

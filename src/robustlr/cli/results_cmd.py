@@ -8,7 +8,10 @@ from pathlib import Path
 from ..reproduce import experiments_dir
 from ..reproduce.results import write_results
 
-__all__ = ["register"]
+__all__ = ["CONTINUE_HINT", "register"]
+
+CONTINUE_HINT = "rerun the command"
+"""How to continue an interrupted ``robustlr results`` (printed by ``robustlr.cli.main``)."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,4 +27,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="docs/results.md", help="the Markdown file to write (default: %(default)s)")
     p.add_argument("--notes", default=str(experiments_dir() / "notes"),
                    help="directory of per-experiment notes appended to their sections (default: experiments/notes)")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, continue_hint=CONTINUE_HINT)

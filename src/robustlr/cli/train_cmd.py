@@ -6,7 +6,11 @@ unless ``--adv`` names the inner attack (:mod:`robustlr.train.adv_config`). ``--
 DDP group on this machine (:mod:`robustlr.train.launch`); ``torchrun --nproc_per_node N -m robustlr train ...``
 does the same through torchrun. Exit codes: 0 done, 2 bad options or data, a diverged loss or a refused resume,
 1 replicas that diverged or a worker that crashed, 128 + signal number after SIGINT/SIGTERM (the resumable state
-is saved first).
+is saved first; ``robustlr.cli.main`` prints how to continue, :func:`continue_hint`).
+
+Every option's value is checked under its option's name while the command line is parsed (types of
+:mod:`robustlr.cli.options`, bounds of :class:`~robustlr.train.TrainConfig`); what depends on several options
+(``--theta`` with ``--method``, the ``--adv-*`` options with ``--adv``) is checked by ``TrainConfig``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import argparse
 import os
 import sys
 
-from ..checks import check_int
+from ..attacks.projections import NORMS
+from ..lowrank.adaptive import validate_theta
+from ..lowrank.manifold import validate_tau
 from ..report import SUMMARY_COLUMNS, format_table
 from ..train import (
     ADV_ATTACKS,
@@ -29,11 +35,13 @@ from ..train import (
     train,
 )
 from ..train.adv_config import ADV_BN_MODES, DEFAULT_ADV_EPS, SELECTIONS
+from ..train.config import parse_rank
 from ..train.distributed import is_main_process
 from ..train.metrics_log import CSV_COLUMNS
-from .options import CliError, add_run_options, default_out
+from .options import (CliError, add_run_options, checked, default_out, integer, interruption, number, rank_value,
+                      unit_interval)
 
-__all__ = ["register"]
+__all__ = ["continue_hint", "register"]
 
 _DEFAULTS = TrainConfig()
 _EPOCH_COLUMNS = [column for column in CSV_COLUMNS if column != "ranks"]
@@ -45,7 +53,7 @@ def _train_and_report(config: TrainConfig, progress: bool, resume: bool) -> int:
         result = train(config, progress=progress, resume=resume)
     except TrainingInterrupted as stop:
         if is_main_process():
-            print(f"robustlr: {stop}", file=sys.stderr)
+            raise  # reported once, with how to continue, by robustlr.cli.main (or _train_worker)
         return 128 + stop.signum
     except ReplicaDivergenceError as error:
         print(f"robustlr: error: {error}", file=sys.stderr)
@@ -70,15 +78,26 @@ def _train_and_report(config: TrainConfig, progress: bool, resume: bool) -> int:
     return 0
 
 
-def _train_worker(config: TrainConfig, progress: bool, resume: bool) -> int:
-    """:func:`_train_and_report` in a process started by ``--nproc``: errors become one line and exit code 2."""
+def _train_worker(config: TrainConfig, progress: bool, resume: bool, hint: str) -> int:
+    """:func:`_train_and_report` in a process started by ``--nproc``: errors become one line and exit code 2, a
+    stop the line of :func:`robustlr.cli.options.interruption` (from rank 0) and 128 + the signal's number."""
     try:
         return _train_and_report(config, progress, resume)
+    except (KeyboardInterrupt, TrainingInterrupted) as stop:
+        line, code = interruption(stop, hint)
+        if is_main_process():
+            print(line, file=sys.stderr)
+        return code
     except (ValueError, OSError) as error:
         rank = os.environ.get("RANK", "0")
         where = "" if rank == "0" else f" (rank {rank})"
         print(f"robustlr: error{where}: {' '.join(str(error).splitlines()[0].split())}", file=sys.stderr)
         return 2
+
+
+def continue_hint(out: str | None) -> str:
+    """How to continue an interrupted run in ``out`` (``None``: the run directory was given with ``--out``)."""
+    return "run the same command with --resume" if out is None else f"run the same command with --out {out} --resume"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,21 +106,19 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             raise CliError("--resume needs --out DIR, the directory of the run to continue")
         args.out = str(default_out("train"))
+        args.continue_hint = continue_hint(args.out)  # the new run's directory is needed to resume it
     config = TrainConfig.from_args(args)
-    nproc = check_int("nproc", args.nproc, 1)
-    if nproc == 1:
+    if args.nproc == 1:
         return _train_and_report(config, not args.no_progress, args.resume)
     if int(os.environ.get("WORLD_SIZE", "1") or "1") > 1:
-        raise CliError(f"nproc must be 1 inside torchrun, which has started the processes already; got {nproc}")
-    return launch(nproc, _train_worker, config, not args.no_progress, args.resume)
+        raise CliError(f"--nproc must be 1 inside torchrun, which has started the processes already; got {args.nproc}")
+    return launch(args.nproc, _train_worker, config, not args.no_progress, args.resume, args.continue_hint)
 
 
-def _rank_number(text: str) -> int | float:
-    """``"3"`` → 3 (a rank), ``"0.2"`` → 0.2 (a fraction)."""
-    try:
-        return int(text) if text.lstrip("+-").isdigit() else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rank (an int >= 1 or a fraction in (0, 1])") from None
+def _rank_text(text: str) -> str:
+    """``--rank``: the text, if :func:`robustlr.train.config.parse_rank` accepts it."""
+    parse_rank(text)
+    return text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -112,74 +129,79 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("model and method")
     g.add_argument("--model", default=_DEFAULTS.model, help="model name from robustlr.models (default: %(default)s)")
     g.add_argument("--method", default=_DEFAULTS.method, choices=list(METHODS), help="default: %(default)s")
-    g.add_argument("--rank", default=str(_DEFAULTS.rank),
+    g.add_argument("--rank", type=checked(_rank_text, "rank", convert=str, label="rank"), default=str(_DEFAULTS.rank),
                    help="layer rank: an int, a fraction of min(n, m) in (0, 1], or NAME=RANK pairs (comma separated; "
                         "unnamed layers stay dense); the classifier stays full rank (default: %(default)s)")
-    g.add_argument("--tau", type=float, default=_DEFAULTS.tau,
+    g.add_argument("--tau", type=checked(validate_tau, "tau"), default=_DEFAULTS.tau,
                    help="CondLR: kappa(S) <= 1 + tau (default: %(default)s)")
     g.add_argument("--grad-scale", default=_DEFAULTS.grad_scale, choices=["reference", "exact"],
                    help="CondLR U/V gradient scale: the reference code's (sigma_min/sigma_max)^2 or the exact "
                         "(S S^T)^-1 (default: %(default)s)")
-    g.add_argument("--theta", type=float, metavar="THETA",
+    g.add_argument("--theta", type=checked(validate_theta, "theta"), metavar="THETA",
                    help="CondLR rank adaptivity: relative truncation tolerance in [0, 1) (default: fixed rank); "
                         "use with --grad-scale exact")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=_DEFAULTS.data, help="dataset name (default: %(default)s)")
     g.add_argument("--data-root", metavar="DIR", help="directory holding the dataset files (searched first)")
     g.add_argument("--download", action="store_true", help="download (checksum-verified) if not found locally")
-    g.add_argument("--train-subset", type=int, metavar="N", help="use only the first N training images (default: all)")
-    g.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction,
+    g.add_argument("--train-subset", type=integer(2, "a validation split is held out"), metavar="N",
+                   help="use only the first N training images (default: all)")
+    g.add_argument("--val-fraction", default=_DEFAULTS.val_fraction,
+                   type=unit_interval(True, True, "a validation set picks the best checkpoint"),
                    help="held-out validation fraction, seeded (default: %(default)s)")
     g.add_argument("--augment", action="store_true", help="random crop (padding 4) and horizontal flip")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="default: %(default)s")
-    g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="default: %(default)s")
-    g.add_argument("--momentum", type=float, default=_DEFAULTS.momentum, help="default: %(default)s")
-    g.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay, help="default: %(default)s")
-    g.add_argument("--milestones", type=int, nargs="*", default=list(_DEFAULTS.milestones),
+    g.add_argument("--epochs", type=integer(1), default=_DEFAULTS.epochs, help="default: %(default)s")
+    g.add_argument("--lr", type=number(0.0, strict=True), default=_DEFAULTS.lr, help="default: %(default)s")
+    g.add_argument("--momentum", type=number(0.0), default=_DEFAULTS.momentum, help="default: %(default)s")
+    g.add_argument("--weight-decay", type=number(0.0), default=_DEFAULTS.weight_decay, help="default: %(default)s")
+    g.add_argument("--milestones", type=integer(1), nargs="*", default=list(_DEFAULTS.milestones),
                    help="MultiStepLR epochs (default: %(default)s)")
-    g.add_argument("--gamma", type=float, default=_DEFAULTS.gamma, help="MultiStepLR factor (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="default: %(default)s")
+    g.add_argument("--gamma", type=number(0.0, strict=True), default=_DEFAULTS.gamma,
+                   help="MultiStepLR factor (default: %(default)s)")
+    g.add_argument("--batch-size", type=integer(1), default=_DEFAULTS.batch_size, help="default: %(default)s")
     g = p.add_argument_group("final evaluation (FGSM and PGD-Linf on the test split, last and best models)")
-    g.add_argument("--eval-eps", type=float, nargs="+", default=list(_DEFAULTS.eval_eps),
+    g.add_argument("--eval-eps", type=number(0.0), nargs="+", default=list(_DEFAULTS.eval_eps),
                    help="Linf budgets (default: %(default)s)")
-    g.add_argument("--eval-n", type=int, default=_DEFAULTS.eval_n, help="test images, 0 = all (default: %(default)s)")
-    g.add_argument("--eval-steps", type=int, default=_DEFAULTS.eval_steps, help="PGD steps (default: %(default)s)")
-    g.add_argument("--eval-batch-size", type=int, default=_DEFAULTS.eval_batch_size,
+    g.add_argument("--eval-n", type=integer(0, "0 = all"), default=_DEFAULTS.eval_n,
+                   help="test images, 0 = all (default: %(default)s)")
+    g.add_argument("--eval-steps", type=integer(1), default=_DEFAULTS.eval_steps,
+                   help="PGD steps (default: %(default)s)")
+    g.add_argument("--eval-batch-size", type=integer(1), default=_DEFAULTS.eval_batch_size,
                    help="batch size of validation and evaluation (default: %(default)s)")
     g = p.add_argument_group("adversarial training (off unless --adv is given)")
-    g.add_argument("--adv", metavar="ATTACK",
+    g.add_argument("--adv", metavar="ATTACK", choices=list(ADV_ATTACKS),
                    help="inner attack: " + "; ".join(f"{name}: {what}" for name, what in ADV_ATTACKS.items()))
-    g.add_argument("--adv-norm", metavar="NORM", help="linf or l2 (default: linf)")
-    g.add_argument("--adv-eps", type=float, metavar="EPS",
+    g.add_argument("--adv-norm", metavar="NORM", choices=list(NORMS), help="linf or l2 (default: linf)")
+    g.add_argument("--adv-eps", type=number(0.0), metavar="EPS",
                    help=f"budget (default: {DEFAULT_ADV_EPS['linf']:g} for linf, {DEFAULT_ADV_EPS['l2']:g} for l2)")
-    g.add_argument("--adv-steps", type=int, metavar="K", help="attack steps (default: 10; fgsm: 1)")
-    g.add_argument("--adv-alpha", type=float, metavar="ALPHA",
+    g.add_argument("--adv-steps", type=integer(1), metavar="K", help="attack steps (default: 10; fgsm: 1)")
+    g.add_argument("--adv-alpha", type=number(0.0, strict=True), metavar="ALPHA",
                    help="step size of pgd/fgsm (default: pgd 2.5 eps/K (linf) or 1.8 eps/K (l2); fgsm 1.25 eps)")
-    g.add_argument("--adv-rank", type=_rank_number, metavar="R",
+    g.add_argument("--adv-rank", type=rank_value, metavar="R",
                    help="lora-pgd only: per-channel rank, an int or a fraction of min(H, W) (default: 0.1)")
-    g.add_argument("--adv-fraction", type=float, metavar="F",
+    g.add_argument("--adv-fraction", type=unit_interval(reason="1 = Madry"), metavar="F",
                    help="share of each batch replaced by adversarial examples, in [0, 1] (default: 1, Madry)")
-    g.add_argument("--adv-bn", metavar="MODE",
+    g.add_argument("--adv-bn", metavar="MODE", choices=list(ADV_BN_MODES),
                    help=f"model mode while the attack is generated: {' or '.join(ADV_BN_MODES)} (default: eval; the "
                         "update always runs in train mode)")
     g.add_argument("--adv-warm-start", action="store_true",
                    help="start each sample's attack from its perturbation of the previous epoch (lora-pgd: stores "
                         "the rank-r factors, 2r/n of a full bank); not with --augment")
-    g.add_argument("--select-by", metavar="WHAT",
+    g.add_argument("--select-by", metavar="WHAT", choices=list(SELECTIONS),
                    help=f"best checkpoint by {' or '.join(SELECTIONS)} validation accuracy (default: robust with "
                         "--adv, under PGD with --eval-steps steps at the adv budget; clean without)")
-    g.add_argument("--robust-val-n", type=int, default=_DEFAULTS.robust_val_n, metavar="N",
+    g.add_argument("--robust-val-n", type=integer(0, "0 = all"), default=_DEFAULTS.robust_val_n, metavar="N",
                    help="validation images attacked after each epoch, 0 = all (default: %(default)s)")
     g = p.add_argument_group("distributed training and precision")
-    g.add_argument("--nproc", type=int, default=1, metavar="N",
+    g.add_argument("--nproc", type=integer(1), default=1, metavar="N",
                    help="processes of a DistributedDataParallel group on this machine (gloo on CPU, nccl on CUDA: "
                         "one GPU each); the global batch is --batch-size (default: %(default)s)")
-    g.add_argument("--amp", metavar="DTYPE",
+    g.add_argument("--amp", metavar="DTYPE", choices=list(AMP_MODES),
                    help=f"autocast the training forward passes to {' or '.join(AMP_MODES)} (fp16 with a gradient "
                         "scaler); default: full precision")
     add_run_options(p, "train")
     p.add_argument("--resume", action="store_true",
                    help=f"continue the run in --out from its resume.pt; the options must match the stored ones "
                         f"except {', '.join(RESUME_MAY_DIFFER)}")
-    p.set_defaults(handler=run)
+    p.set_defaults(handler=run, continue_hint=continue_hint(None))
