@@ -196,8 +196,8 @@ def test_commands_say_how_to_continue_after_an_interrupt(command):
         (["--model", "lenet5"], "--model lenet5 on --data digits (images of shape (1, 8, 8)): image_size must be"),
         (["--model", "mlp", "--attack", "lora-pgd", "--rank", "40"], "--rank must be an int in [1, 8]"),
         (["--model", "mlp", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
-        (["--model", "mlp", "--attack", "fgsm", "--eps", "1e39"], "--eps 1e+39 is too large for float32 images"),
-        (["--model", "mlp", "--attack", "pgd-l2", "--eps-l2", "1e39"], "--eps-l2 1e+39 is too large for float32 images"),
+        (["--model", "mlp", "--attack", "fgsm", "--eps", "1e39"], "--eps must be at most 3.40282e+38 (the largest finite float32"),
+        (["--model", "mlp", "--attack", "pgd-l2", "--eps-l2", "1e39"], "--eps-l2 must be at most 9.22337e+18"),
     ],
 )
 @pytest.mark.parametrize("command", ["evaluate", "spectrum"])

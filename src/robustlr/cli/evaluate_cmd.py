@@ -26,6 +26,7 @@ class _Recorder:
     def __init__(self, attack):
         self.attack, self.batches = attack, []
         self.eps = getattr(attack, "eps", None)
+        self.norm = getattr(attack, "norm", None)  # so evaluate checks the recorded batches' budget too
 
     def __call__(self, x, y):
         out = self.attack(x, y)

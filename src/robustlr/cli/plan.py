@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..attacks import RANKED_ATTACKS, attack_norm, build_attack
+from ..attacks.precision import check_budget
 from ..attacks.projections import resolve_rank
 from ..data import ImageDataset
 from ..evaluate import AttackSpec, at_eps
@@ -55,16 +56,14 @@ def budgets(args: argparse.Namespace, norm: str, defaults: Mapping[str, Sequence
     return "default", list(defaults[norm])
 
 
-def check_budgets(option: str, values: Sequence[float], dtype: torch.dtype) -> None:
-    """Check that every budget of ``option`` is a finite number in ``dtype`` (``--eps 1e39`` overflows
-    float32 images); the parser has already checked that each is finite and >= 0."""
+def check_budgets(option: str, values: Sequence[float], dtype: torch.dtype, norm: str) -> None:
+    """Check that every budget of ``option`` is representable for ``norm`` in the images' ``dtype``
+    (:func:`robustlr.attacks.precision.check_budget`: ``--eps 1e39`` overflows float32 images); the parser has
+    already checked that each is finite and >= 0."""
     if not dtype.is_floating_point:
         return
-    largest = torch.finfo(dtype).max
     for value in values:
-        if not value <= largest:
-            raise CliError(f"{option} {value:g} is too large for {str(dtype).removeprefix('torch.')} images "
-                           f"(largest finite value {largest:g}); give a budget <= {largest:g}")
+        check_budget(option, value, dtype, f"the images are {str(dtype).removeprefix('torch.')}", norm)
 
 
 def plan_attacks(args: argparse.Namespace, model: nn.Module, data: ImageDataset,
@@ -87,7 +86,8 @@ def plan_attacks(args: argparse.Namespace, model: nn.Module, data: ImageDataset,
         norm = attack_norm(name)
         if norm not in plans:
             option, eps = budgets(args, norm, defaults)
-            check_budgets(option, eps, data.images.dtype)
+            with cli_names({}):
+                check_budgets(option, eps, data.images.dtype, norm)
             plans[norm] = Plan(norm, sorted(set(eps)), {}, option)
         for rank in (ranks if name in RANKED_ATTACKS else [None]):
             def factory(e: float, name: str = name, rank: int | float | None = rank):

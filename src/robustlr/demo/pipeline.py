@@ -12,7 +12,6 @@ worst case combines attacks of one threat model only.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from ..analysis.conditioning import layer_condition_numbers
 from ..attacks import build_attack
 from ..data import load_dataset, provision
 from ..evaluate import EvaluationResult, at_eps, evaluate
+from ..files import read_json
 from ..evaluation.spectrum import SpectrumStats, perturbation_spectrum
 from ..report import write_report
 from ..train import NonFiniteLossError, TrainConfig, TrainingInterrupted, ensure_trained, load_trained, train_seconds
@@ -53,7 +53,7 @@ def _train(config: TrainConfig, progress: bool) -> tuple[nn.Module, dict[str, An
         ) from None
     out = Path(config.out)
     model, _ = load_trained(out / "last.pt", device=config.device)
-    return model, json.loads((out / "summary.json").read_text()), train_seconds(out)
+    return model, read_json(out / "summary.json", "run summary"), train_seconds(out)
 
 
 def _attack(model: nn.Module, settings: DemoSettings, x: torch.Tensor, y: torch.Tensor, out: Path,
