@@ -94,7 +94,7 @@ def test_config_file_gives_defaults_and_the_command_line_wins(tmp_path):
     (["--rank", "0"], ["rank", "0", "(0, 1]"]),
     (["--rank", "50"], ["rank", "50", "[1, 20]", "features.0"]),
     (["--rank", "features.9=3"], ["rank", "features.9", "valid names"]),
-    (["--val-fraction", "1"], ["val_fraction", "1", "(0, 1)"]),
+    (["--val-fraction", "1"], ["--val-fraction", "1", "(0, 1)"]),
     (["--epochs", "0"], ["epochs", "0", ">= 1"]),
     (["--lr", "nan"], ["lr", "nan", "> 0"]),
     (["--milestones", "9", "3"], ["milestones", "[9, 3]", "increasing"]),

@@ -13,7 +13,6 @@ In a distributed run rank 0 writes the file and every process restores it. Every
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +23,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from robustlr.models import load_checkpoint, save_checkpoint, sidecar_path
-from robustlr.report import atomic_write_bytes
+from robustlr.checks import check_device
+from robustlr.files import atomic_write_bytes, read_json, read_torch
+from robustlr.models import load_checkpoint, model_from_sidecar, save_checkpoint, sidecar_path
 
 from .config import TrainConfig
 from .methods import build_model
@@ -37,6 +37,8 @@ __all__ = ["RESUME_FORMAT", "RunPaths", "TrainState", "load_trained", "read_resu
 
 RESUME_FORMAT = 2
 """Version of the ``resume.pt`` layout."""
+
+_RESUME_KEYS = ("config", "progress", "model", "optimizer", "scheduler", "world_size", "rng", "extra")
 
 
 @dataclass(frozen=True)
@@ -142,17 +144,18 @@ def read_resume(path: Path) -> dict[str, Any]:
     """The payload of a ``resume.pt`` (tensors on the CPU).
 
     Raises:
-        ValueError: if the file is missing, unreadable or of another format.
+        ValueError: naming the file, if it is missing, empty, truncated or corrupt
+            (:func:`~robustlr.files.read_torch`), of another format or lacks a part of the state.
     """
     if not path.is_file():
         raise ValueError(f"resume: {str(path)!r} does not exist, so there is no run to resume in {str(path.parent)!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a damaged file
-        raise ValueError(f"resume: {str(path)!r} could not be read as a resume state: {error}") from error
+    payload = read_torch(path, "resume state")
     if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"resume: {str(path)!r} must be a resume state of format {RESUME_FORMAT}; got {found!r}")
+        raise ValueError(f"resume state {str(path)!r} must be of format {RESUME_FORMAT}; got {found!r}")
+    missing = [key for key in _RESUME_KEYS if key not in payload]
+    if missing:
+        raise ValueError(f"resume state {str(path)!r} lacks {missing}; it was not written by robustlr train")
     return payload
 
 
@@ -178,19 +181,27 @@ def save_weights(path: Path, model: nn.Module, config: TrainConfig, record: dict
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a ``best.pt`` / ``last.pt`` written by :func:`~robustlr.train.train` (low-rank
-    structure included) and load its weights; returns ``(model in eval mode, sidecar)``.
+    structure included) and load its weights; returns ``(model in eval mode on device, sidecar)``.
 
     Raises:
-        ValueError: if the file or its sidecar is missing, or the sidecar was not written by training.
+        ValueError: before reading anything if ``device`` is not one this machine has
+            (:func:`robustlr.checks.check_device`); if the file or its sidecar is missing, damaged (naming the
+            file and what is wrong), or the sidecar was not written by training.
     """
+    device = check_device("device", device)
     path = Path(path)
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
         raise ValueError(f"path must be a checkpoint written by robustlr train, with its sidecar {sidecar.name}; "
                          f"got {str(path)!r}")
-    meta = json.loads(sidecar.read_text())
-    if "train_config" not in meta or not meta.get("model_args"):
-        raise ValueError(f"path must be a checkpoint written by robustlr train; {str(sidecar)!r} has no train_config")
-    model = build_model(TrainConfig.from_dict(meta["train_config"]), meta["model_args"])
+    meta = read_json(sidecar, "sidecar")
+    if not isinstance(meta.get("train_config"), dict):
+        raise ValueError(f"path must be a checkpoint written by robustlr train; sidecar {str(sidecar)!r} has no "
+                         f"train_config object (got {meta.get('train_config')!r})")
+    try:
+        config = TrainConfig.from_stored(meta["train_config"])
+    except ValueError as error:
+        raise ValueError(f"sidecar {str(sidecar)!r}: train_config: {error}") from None
+    model = model_from_sidecar(meta, sidecar, lambda args: build_model(config, args))
     model, meta = load_checkpoint(path, model)
     return model.to(device).eval(), meta

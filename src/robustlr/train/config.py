@@ -10,9 +10,9 @@ key                default       meaning
 model              lenet5        :func:`robustlr.models.create` name
 data               fashion-mnist :func:`robustlr.data.load_dataset` name
 method             condlr        ``dense`` | ``lowrank`` | ``condlr`` | ``orthogonal`` (see METHODS)
-rank               0.2           int ≥ 1, fraction of ``min(n, m)`` in (0, 1], or ``{module: rank}``
-tau                0.1           CondLR bound κ(S) ≤ 1 + τ
-grad_scale         reference     CondLR U/V gradient scale: ``reference`` | ``exact``
+rank               0.2 (*)       int ≥ 1, fraction of ``min(n, m)`` in (0, 1], or ``{module: rank}``
+tau                0.1 (*)       CondLR bound κ(S) ≤ 1 + τ
+grad_scale         reference (*) CondLR U/V gradient scale: ``reference`` | ``exact``
 epochs             120
 lr                 0.1
 momentum           0.3
@@ -31,13 +31,18 @@ eval_batch_size    256           batch size of validation and evaluation
 adv, adv_*         None          adversarial training (see :mod:`robustlr.train.adv_config`)
 select_by          None          best checkpoint by ``robust`` (default with adv) or ``clean`` val. accuracy
 robust_val_n       1000          validation images attacked each epoch with the evaluation attack (0: all)
-theta              None          CondLR rank adaptivity: relative truncation tolerance in [0, 1)
+theta              None          CondLR rank adaptivity: relative truncation tolerance in [0, 1); needs
+                                 ``grad_scale="exact"``
 amp                None          autocast of the training forward passes: ``bf16`` | ``fp16`` (GradScaler)
 device             cpu           (distributed runs: ``cuda`` means ``cuda:LOCAL_RANK`` in each process)
 out                runs/train    run directory
 data_root          None          directory searched first for the data files
 download           False         download the data (checksum-verified) if missing
 =================  ============  ====================================================================
+
+(*) ``rank`` applies to ``lowrank`` and ``condlr``; ``tau``, ``grad_scale`` and ``theta`` to ``condlr`` only
+(:mod:`robustlr.train.method_options`). Given for another method they are refused; not given, they are
+``None`` there (and so recorded) and take the default shown for the methods they apply to.
 """
 
 from __future__ import annotations
@@ -49,11 +54,18 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from robustlr.checks import check_choice, check_int, check_number
-from robustlr.lowrank.adaptive import validate_theta
-from robustlr.lowrank.manifold import validate_tau
-from robustlr.lowrank.optim import GRAD_SCALES
 
 from .adv_config import ADV_KEYS, resolve_adversarial
+from .method_options import (
+    APPLIES_TO,
+    CLI_NAMES,
+    METHOD_DEFAULTS,
+    METHOD_KEYS,
+    RankSpec,
+    drop_inapplicable,
+    parse_rank,
+    resolve_method_options,
+)
 
 __all__ = ["AMP_MODES", "METHODS", "RESUME_MAY_DIFFER", "RankSpec", "TrainConfig", "config_differences", "parse_rank"]
 
@@ -74,45 +86,6 @@ RESUME_MAY_DIFFER: tuple[str, ...] = (
 """Keys that ``--resume`` accepts with a value other than the stored one: more (or as many) epochs, where the
 run and the data live, and the final evaluation, which does not change the training. Any other difference
 is refused."""
-
-RankSpec = int | float | dict[str, int | float]
-
-_RANK_ALLOWED = "an int >= 1, a fraction in (0, 1] of min(n, m), or a mapping {module name: such a rank}"
-
-
-def _single_rank(value: object, name: str) -> int | float:
-    """An int ≥ 1 or a float in (0, 1], given as a number or as text."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text) if text.lstrip("+").isdigit() else float(text)
-        except ValueError:
-            raise ValueError(f"{name} must be {_RANK_ALLOWED}; got {text!r}") from None
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
-        return int(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value <= 1:
-        return float(value)
-    raise ValueError(f"{name} must be {_RANK_ALLOWED}; got {value!r}")
-
-
-def parse_rank(value: object) -> RankSpec:
-    """Validate a rank specification: ``5``, ``0.2``, ``{"features.0": 4}``, or text ``"0.2"``, ``"5"``,
-    ``"features.0=4,classifier.1=0.5"``.
-
-    Whether an int fits a layer (``≤ min(n, m)``) and whether the names exist is checked when the model is
-    converted (:func:`robustlr.lowrank.to_lowrank`).
-    """
-    if isinstance(value, str) and "=" in value:
-        pairs = [part.partition("=") for part in value.replace(" ", ",").split(",") if part]
-        if not all(equals for _, equals, _ in pairs):
-            raise ValueError(f"rank must be {_RANK_ALLOWED} (as text: NAME=RANK pairs); got {value!r}")
-        value = {key: spec for key, _, spec in pairs}
-    if isinstance(value, Mapping):
-        if not value or not all(isinstance(key, str) and key for key in value):
-            raise ValueError(f"rank must be {_RANK_ALLOWED}; got {dict(value)!r}")
-        return {key: _single_rank(spec, f"rank[{key!r}]") for key, spec in value.items()}
-    return _single_rank(value, "rank")
-
 
 def _text(name: str, value: object, optional: bool = False) -> str | None:
     if optional and value is None:
@@ -139,9 +112,9 @@ class TrainConfig:
     model: str = "lenet5"
     data: str = "fashion-mnist"
     method: str = "condlr"
-    rank: RankSpec = 0.2
-    tau: float = 0.1
-    grad_scale: str = "reference"
+    rank: RankSpec | None = None
+    tau: float | None = None
+    grad_scale: str | None = None
     epochs: int = 120
     lr: float = 0.1
     momentum: float = 0.3
@@ -180,9 +153,6 @@ class TrainConfig:
             "model": _text("model", self.model),
             "data": _text("data", self.data),
             "method": check_choice("method", self.method, tuple(METHODS)),
-            "rank": parse_rank(self.rank),
-            "tau": validate_tau(self.tau),
-            "grad_scale": check_choice("grad_scale", self.grad_scale, GRAD_SCALES),
             "epochs": check_int("epochs", self.epochs, 1),
             "lr": check_number("lr", self.lr, 0.0, strict=True),
             "momentum": check_number("momentum", self.momentum),
@@ -201,13 +171,13 @@ class TrainConfig:
             "eval_steps": check_int("eval_steps", self.eval_steps, 1),
             "eval_batch_size": check_int("eval_batch_size", self.eval_batch_size, 1),
             "robust_val_n": check_int("robust_val_n", self.robust_val_n, 0),
-            "theta": self._theta(),
             "amp": None if self.amp is None else check_choice("amp", self.amp, AMP_MODES),
             "device": _text("device", self.device),
             "out": _text("out", str(self.out) if self.out is not None else None),
             "data_root": _text("data_root", None if self.data_root is None else str(self.data_root), optional=True),
             "download": self._flag("download"),
         }
+        values.update(resolve_method_options(values["method"], {key: getattr(self, key) for key in METHOD_KEYS}))
         if not values["eval_eps"]:
             raise ValueError("eval_eps must list at least one budget (finite numbers >= 0); got []")
         adversarial = {key: getattr(self, key) for key in (*ADV_KEYS, "select_by")}
@@ -220,14 +190,6 @@ class TrainConfig:
         if list(milestones) != sorted(set(milestones)):
             raise ValueError(f"milestones must be strictly increasing epochs >= 1; got {list(milestones)}")
         return milestones
-
-    def _theta(self) -> float | None:
-        if self.theta is None:
-            return None
-        if self.method != "condlr":
-            raise ValueError(f"theta (rank adaptivity) applies only to method='condlr'; got theta={self.theta!r} "
-                             f"with method={self.method!r}")
-        return validate_theta(self.theta)
 
     def _val_fraction(self) -> float:
         value = self.val_fraction
@@ -262,9 +224,40 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
+    def from_stored(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """The config recorded by a run (``config.json``, a checkpoint's sidecar, ``resume.pt``), also one
+        written by an earlier version: keys recorded for a method they do not apply to (earlier versions
+        recorded ``rank``, ``tau`` and ``grad_scale`` for every method) are dropped, as they had no effect
+        (:func:`~robustlr.train.method_options.drop_inapplicable`). Anything else as :meth:`from_dict`."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"a stored training config must be a JSON object; got {values!r}")
+        return cls.from_dict(drop_inapplicable(values))
+
+    @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
-        """The config of parsed ``robustlr train`` options (one attribute per key; missing ones keep defaults)."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+        """The config of parsed ``robustlr train`` options (one attribute per key; missing ones keep defaults).
+
+        ``--rank``, ``--tau``, ``--grad-scale`` and ``--theta`` given for a method they do not apply to are
+        refused, naming the options. An option left out is ``None`` (resolved per method); a parser that
+        still fills in the former defaults (``--rank 0.2``, ``--tau 0.1``, ``--grad-scale reference``) has
+        them read as not given for the methods they do not apply to.
+        """
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        method = values.get("method", cls.method)
+        for key, default in _FORMER_CLI_DEFAULTS.items():
+            if method not in APPLIES_TO[key] and values.get(key) in default:
+                values[key] = None
+        if method in METHODS:
+            resolve_method_options(method, {key: values.get(key) for key in METHOD_KEYS}, CLI_NAMES)
+        return cls(**values)
+
+
+_FORMER_CLI_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "rank": (str(METHOD_DEFAULTS["rank"]), METHOD_DEFAULTS["rank"]),
+    "tau": (METHOD_DEFAULTS["tau"],),
+    "grad_scale": (METHOD_DEFAULTS["grad_scale"],),
+}
+"""The values ``robustlr train`` passed when these options were not typed, before it passed ``None``."""
 
 
 def config_differences(stored: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:

@@ -59,7 +59,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> Optimizer:
     if config.method == "condlr":
         return CondLR(model, tau=config.tau, grad_scale=config.grad_scale, theta=config.theta, **common)
     if config.method == "orthogonal":
-        return QRProjectedSGD(model.parameters(), **common)
+        return QRProjectedSGD(model, **common)
     return SGD(model.parameters(), **common)
 
 

@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -22,11 +23,20 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a resumable state; ``signum`` is the signal's number."""
+    """Training stopped on a signal after saving its state.
 
-    def __init__(self, signum: int, message: str) -> None:
+    The message says what happened and where the state is, not how to continue: that depends on the caller
+    (``robustlr train --resume``, ``train(..., resume=True)``, rerunning the demo), which adds it.
+
+    Attributes:
+        signum: the signal's number.
+        path: the file or directory holding the state to continue from (``None`` if not given).
+    """
+
+    def __init__(self, signum: int, message: str, path: Path | None = None) -> None:
         super().__init__(message)
         self.signum = signum
+        self.path = path
 
 
 class StopSignals:

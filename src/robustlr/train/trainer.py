@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from robustlr.checks import check_device
 from robustlr.data import ImageDataset, load_dataset, train_val_split
 from robustlr.evaluate import EvaluationResult
+from robustlr.files import read_torch
 from robustlr.report import atomic_write_text, write_report
 
 from .adversarial import AdversarialTraining
@@ -158,7 +159,10 @@ class _Run:
     def resume(self) -> None:
         """Load ``resume.pt`` after checking that the configuration and the number of processes match."""
         payload = read_resume(self.paths.resume)
-        stored = TrainConfig.from_dict(payload["config"])
+        try:
+            stored = TrainConfig.from_stored(payload["config"])
+        except ValueError as error:
+            raise ValueError(f"resume state {str(self.paths.resume)!r}: config: {error}") from None
         differences = config_differences(stored, self.config)
         if differences:
             listed = "; ".join(f"{key} (stored {old!r}, given {new!r})" for key, (old, new) in differences.items())
@@ -299,7 +303,8 @@ class _Run:
         raise TrainingInterrupted(
             signum,
             f"training stopped by {signal_name(signum)} {where}; the resumable state is saved in "
-            f"{str(self.paths.resume)!r}: run the same command with --resume to continue",
+            f"{str(self.paths.resume)!r}",
+            self.paths.resume,
         )
 
     def _diverged(self, detail: str) -> NonFiniteLossError:
@@ -323,13 +328,14 @@ class _Run:
         def interrupted(signum: int) -> TrainingInterrupted:
             return TrainingInterrupted(
                 signum,
-                f"evaluation stopped by {signal_name(signum)}; training is complete and saved in "
-                f"{str(paths.out)!r}: run the same command with --resume to redo the final evaluation",
+                f"final evaluation stopped by {signal_name(signum)}; training is complete and its resumable "
+                f"state is saved in {str(paths.resume)!r} (resuming redoes only the final evaluation)",
+                paths.resume,
             )
 
         self.group.barrier()  # rank 0 has written best.pt
         best_model = copy.deepcopy(self.model)
-        best_model.load_state_dict(torch.load(paths.best, map_location=self.device, weights_only=True))
+        best_model.load_state_dict(read_torch(paths.best, "checkpoint", map_location=self.device))
         models = {"last": (self.model, state.epoch), "best": (best_model, state.best_epoch)}
         evaluations: dict[str, EvaluationResult] = {}
         with stop.immediate(interrupted):
