@@ -364,7 +364,8 @@ def test_unreadable_and_missing_files(tmp_path: Path, lenet: nn.Module) -> None:
 
 def _damage(path: Path, how: str) -> None:
     data = path.read_bytes()
-    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "zeroed": data[:100] + bytes(len(data) - 100)}[how])
+    damaged = {"empty": b"", "truncated": data[: len(data) // 2], "zeroed": data[:100] + bytes(len(data) - 100)}
+    path.write_bytes(damaged[how])
 
 
 @pytest.mark.parametrize(
