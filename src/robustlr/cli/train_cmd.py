@@ -34,6 +34,7 @@ from ..train import (
     launch,
     train,
 )
+from ..train.method_options import METHOD_DEFAULTS
 from ..train.adv_config import ADV_BN_MODES, DEFAULT_ADV_EPS, SELECTIONS
 from ..train.config import parse_rank
 from ..train.distributed import is_main_process
@@ -129,14 +130,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("model and method")
     g.add_argument("--model", default=_DEFAULTS.model, help="model name from robustlr.models (default: %(default)s)")
     g.add_argument("--method", default=_DEFAULTS.method, choices=list(METHODS), help="default: %(default)s")
-    g.add_argument("--rank", type=checked(_rank_text, "rank", convert=str, label="rank"), default=str(_DEFAULTS.rank),
-                   help="layer rank: an int, a fraction of min(n, m) in (0, 1], or NAME=RANK pairs (comma separated; "
-                        "unnamed layers stay dense); the classifier stays full rank (default: %(default)s)")
-    g.add_argument("--tau", type=checked(validate_tau, "tau"), default=_DEFAULTS.tau,
-                   help="CondLR: kappa(S) <= 1 + tau (default: %(default)s)")
-    g.add_argument("--grad-scale", default=_DEFAULTS.grad_scale, choices=["reference", "exact"],
-                   help="CondLR U/V gradient scale: the reference code's (sigma_min/sigma_max)^2 or the exact "
-                        "(S S^T)^-1 (default: %(default)s)")
+    g.add_argument("--rank", type=checked(_rank_text, "rank", convert=str, label="rank"), default=None,
+                   help="lowrank/condlr: layer rank, an int, a fraction of min(n, m) in (0, 1], or NAME=RANK pairs "
+                        "(comma separated; unnamed layers stay dense); the classifier stays full rank (default: "
+                        f"{METHOD_DEFAULTS['rank']})")
+    g.add_argument("--tau", type=checked(validate_tau, "tau"), default=None,
+                   help=f"condlr: kappa(S) <= 1 + tau (default: {METHOD_DEFAULTS['tau']})")
+    g.add_argument("--grad-scale", default=None, choices=["reference", "exact"],
+                   help="condlr: U/V gradient scale, the reference code's (sigma_min/sigma_max)^2 or the exact "
+                        f"(S S^T)^-1 (default: {METHOD_DEFAULTS['grad_scale']})")
     g.add_argument("--theta", type=checked(validate_theta, "theta"), metavar="THETA",
                    help="CondLR rank adaptivity: relative truncation tolerance in [0, 1) (default: fixed rank); "
                         "use with --grad-scale exact")

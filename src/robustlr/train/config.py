@@ -57,9 +57,7 @@ from robustlr.checks import check_choice, check_int, check_number
 
 from .adv_config import ADV_KEYS, resolve_adversarial
 from .method_options import (
-    APPLIES_TO,
     CLI_NAMES,
-    METHOD_DEFAULTS,
     METHOD_KEYS,
     RankSpec,
     drop_inapplicable,
@@ -238,26 +236,13 @@ class TrainConfig:
         """The config of parsed ``robustlr train`` options (one attribute per key; missing ones keep defaults).
 
         ``--rank``, ``--tau``, ``--grad-scale`` and ``--theta`` given for a method they do not apply to are
-        refused, naming the options. An option left out is ``None`` (resolved per method); a parser that
-        still fills in the former defaults (``--rank 0.2``, ``--tau 0.1``, ``--grad-scale reference``) has
-        them read as not given for the methods they do not apply to.
+        refused, naming the options. An option left out is ``None`` (resolved per method).
         """
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         method = values.get("method", cls.method)
-        for key, default in _FORMER_CLI_DEFAULTS.items():
-            if method not in APPLIES_TO[key] and values.get(key) in default:
-                values[key] = None
         if method in METHODS:
             resolve_method_options(method, {key: values.get(key) for key in METHOD_KEYS}, CLI_NAMES)
         return cls(**values)
-
-
-_FORMER_CLI_DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "rank": (str(METHOD_DEFAULTS["rank"]), METHOD_DEFAULTS["rank"]),
-    "tau": (METHOD_DEFAULTS["tau"],),
-    "grad_scale": (METHOD_DEFAULTS["grad_scale"],),
-}
-"""The values ``robustlr train`` passed when these options were not typed, before it passed ``None``."""
 
 
 def config_differences(stored: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:

@@ -78,7 +78,7 @@ def evaluation_summary(result: EvaluationResult, config: TrainConfig) -> dict[st
             {"attack": row["attack"], "eps": row["eps"], "robust_accuracy": row["robust_accuracy"]}
             for row in result.rows()
         ],
-        "worst_case": [{"eps": worst.eps, "robust_accuracy": worst.robust_accuracy} for worst in result.worst_case],
+        "worst_case": [{"eps": worst.eps, "norm": worst.norm, "robust_accuracy": worst.robust_accuracy} for worst in result.worst_case],
         "seconds": result.seconds,
         "warnings": list(result.warnings),
     }

@@ -95,7 +95,7 @@ def _refuse_other_settings(paths: RunPaths, config: TrainConfig) -> TrainConfig 
     if not paths.config.exists():
         return None
     try:
-        stored = TrainConfig.from_dict(read_json(paths.config, "run config"))
+        stored = TrainConfig.from_stored(read_json(paths.config, "run config"))
     except ValueError as error:
         message = str(error) if str(paths.config) in str(error) else f"run config {str(paths.config)!r}: {error}"
         raise ValueError(f"{message}; allowed: the config.json that training wrote, or another out directory") from None

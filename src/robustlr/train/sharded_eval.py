@@ -34,7 +34,7 @@ def _merge_attack(parts: Sequence[AttackResult], sizes: Sequence[int]) -> Attack
         return sum(getattr(part, attribute) * size for part, size in zip(parts, sizes)) / n
 
     return AttackResult(
-        attack=first.attack, eps=first.eps, kind=first.kind, attack_repr=first.attack_repr,
+        attack=first.attack, eps=first.eps, norm=first.norm, kind=first.kind, attack_repr=first.attack_repr,
         robust_accuracy=fraction(robust), mean_l2=mean("mean_l2"), mean_linf=mean("mean_linf"),
         mean_nuclear=mean("mean_nuclear"), seconds=max(part.seconds for part in parts),
         correct=torch.cat([part.correct for part in parts]), robust=robust,
@@ -60,8 +60,8 @@ def merge_evaluations(parts: Sequence[EvaluationResult]) -> EvaluationResult:
         raise ValueError("parts must hold at least one shard's EvaluationResult; got none")
     if len(parts) == 1:
         return parts[0]
-    runs = [(r.attack, r.eps) for r in parts[0].attacks]
-    if any([(r.attack, r.eps) for r in part.attacks] != runs for part in parts):
+    runs = [(r.attack, r.eps, r.norm) for r in parts[0].attacks]
+    if any([(r.attack, r.eps, r.norm) for r in part.attacks] != runs for part in parts):
         raise ValueError(f"parts must evaluate the same attack runs {runs}; got {[len(p.attacks) for p in parts]} runs")
     sizes = [part.n for part in parts]
     clean = torch.cat([part.clean_correct for part in parts])

@@ -120,4 +120,4 @@ class WarmStartLoRaPGD(LoRaPGD):
     def warm_run(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
         """``(x_adv, [U, V])``: one run of the attack (first restart) and its final factors, the rows to store."""
         u, v = self.factors(x, y)
-        return clip_unit(x + self.perturbation(u, v)).detach(), [u, v]
+        return self.images(x, u, v), [u, v]
