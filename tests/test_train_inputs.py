@@ -73,6 +73,10 @@ def _args(*argv: str) -> argparse.Namespace:
         (["--method", "orthogonal", "--grad-scale", "exact"], "--grad-scale (the CondLR gradient scale of U and V) "
                                                               "applies only to --method condlr"),
         (["--theta", "0.1"], "--theta (rank adaptivity) needs --grad-scale exact"),
+        # typed values equal to the per-method defaults are refused too: the parser's defaults are None
+        (["--method", "dense", "--rank", "0.2"], "got --rank 0.2 with --method dense"),
+        (["--method", "lowrank", "--tau", "0.1"], "got --tau 0.1 with --method lowrank"),
+        (["--method", "dense", "--grad-scale", "reference"], "applies only to --method condlr"),
     ],
 )
 def test_from_args_names_the_command_line_options(argv: list[str], message: str) -> None:
