@@ -90,15 +90,15 @@ def test_config_file_gives_defaults_and_the_command_line_wins(tmp_path):
 
 
 @pytest.mark.parametrize(("options", "needles"), [
-    (["--tau", "-1"], ["tau", "-1", ">= 0"]),
-    (["--rank", "0"], ["rank", "0", "(0, 1]"]),
-    (["--rank", "50"], ["rank", "50", "[1, 20]", "features.0"]),
-    (["--rank", "features.9=3"], ["rank", "features.9", "valid names"]),
+    (["--tau", "-1"], ["--tau", "-1", ">= 0"]),
+    (["--rank", "0"], ["--rank", "0", "(0, 1]"]),
+    (["--rank", "50"], ["--rank", "50", "[1, 20]", "features.0"]),
+    (["--rank", "features.9=3"], ["--rank", "features.9", "valid names"]),
     (["--val-fraction", "1"], ["--val-fraction", "1", "(0, 1)"]),
-    (["--epochs", "0"], ["epochs", "0", ">= 1"]),
-    (["--lr", "nan"], ["lr", "nan", "> 0"]),
-    (["--milestones", "9", "3"], ["milestones", "[9, 3]", "increasing"]),
-    (["--train-subset", "99999"], ["train_subset", "99999", "60000"]),
+    (["--epochs", "0"], ["--epochs", "0", ">= 1"]),
+    (["--lr", "nan"], ["--lr", "nan", "> 0"]),
+    (["--milestones", "9", "3"], ["--milestones", "[9, 3]", "increasing"]),
+    (["--train-subset", "99999"], ["--train-subset", "99999", "60000"]),
 ])
 def test_bad_input_is_a_one_line_error_naming_the_argument(options, needles, tmp_path, capsys):
     code = main(["train", *SMALL, *options, "--out", str(tmp_path / "run")])

@@ -30,9 +30,10 @@ __all__ = ["check_counts", "check_model_fits", "cli_names", "device_of", "load_d
 def cli_names(renames: Mapping[str, str], context: str = "") -> Iterator[None]:
     """Re-raise a library ``ValueError`` from the block as a :class:`CliError` in the command line's terms.
 
-    A message that starts with a library argument of ``renames`` (``"name must be one of …"``) gets the
-    option instead (``"--data must be one of …"``); any other message is prefixed with ``context``
-    (e.g. ``"--checkpoint x.pt: "``) when one is given.  ``CliError`` passes through unchanged.
+    A message whose subject is a library argument of ``renames`` — at its start (``"name must be one of …"``)
+    or after a location prefix (``"layer 'fc': rank must be …"``) — gets the option instead (``"--data must be
+    one of …"``, ``"layer 'fc': --rank must be …"``); any other message is prefixed with ``context`` (e.g.
+    ``"--checkpoint x.pt: "``) when one is given.  ``CliError`` passes through unchanged.
     """
     try:
         yield
@@ -43,6 +44,9 @@ def cli_names(renames: Mapping[str, str], context: str = "") -> Iterator[None]:
         for name, option in renames.items():
             if message.startswith(f"{name} "):
                 raise CliError(option + message[len(name):]) from exc
+            where, colon, rest = message.partition(": ")
+            if colon and rest.startswith(f"{name} must"):
+                raise CliError(f"{where}: {option}{rest[len(name):]}") from exc
         raise CliError(f"{context}: {message}" if context else message) from exc
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 import sys
 
 from ..attacks.projections import NORMS
@@ -34,24 +35,28 @@ from ..train import (
     launch,
     train,
 )
-from ..train.method_options import METHOD_DEFAULTS
+from ..train.method_options import CLI_NAMES, METHOD_DEFAULTS
 from ..train.adv_config import ADV_BN_MODES, DEFAULT_ADV_EPS, SELECTIONS
 from ..train.config import parse_rank
 from ..train.distributed import is_main_process
 from ..train.metrics_log import CSV_COLUMNS
+from .setup import cli_names
 from .options import (CliError, add_run_options, checked, default_out, integer, interruption, number, rank_value,
                       unit_interval)
 
 __all__ = ["continue_hint", "register"]
 
 _DEFAULTS = TrainConfig()
+_OPTION_NAMES = {f.name: CLI_NAMES.key(f.name) for f in fields(TrainConfig)}
+"""Config field -> its option, for errors the library raises once the data is known."""
 _EPOCH_COLUMNS = [column for column in CSV_COLUMNS if column != "ranks"]
 
 
 def _train_and_report(config: TrainConfig, progress: bool, resume: bool) -> int:
     """Train; rank 0 prints the last epoch and both evaluations. Returns the exit code."""
     try:
-        result = train(config, progress=progress, resume=resume)
+        with cli_names(_OPTION_NAMES):  # "train_subset must be ..." (checked against the data) -> --train-subset
+            result = train(config, progress=progress, resume=resume)
     except TrainingInterrupted as stop:
         if is_main_process():
             raise  # reported once, with how to continue, by robustlr.cli.main (or _train_worker)

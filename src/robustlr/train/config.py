@@ -236,13 +236,23 @@ class TrainConfig:
         """The config of parsed ``robustlr train`` options (one attribute per key; missing ones keep defaults).
 
         ``--rank``, ``--tau``, ``--grad-scale`` and ``--theta`` given for a method they do not apply to are
-        refused, naming the options. An option left out is ``None`` (resolved per method).
+        refused, naming the options. An option left out is ``None`` (resolved per method). Every error names
+        the command-line option (``--adv-rank``, ``--train-subset``), not the Python field.
         """
-        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        names = [f.name for f in fields(cls)]
+        values = {name: getattr(args, name) for name in names if hasattr(args, name)}
         method = values.get("method", cls.method)
         if method in METHODS:
             resolve_method_options(method, {key: values.get(key) for key in METHOD_KEYS}, CLI_NAMES)
-        return cls(**values)
+        adversarial = {key: values.get(key, getattr(cls, key)) for key in (*ADV_KEYS, "select_by")}
+        resolve_adversarial(adversarial, bool(values.get("augment", False)), CLI_NAMES)
+        try:
+            return cls(**values)
+        except ValueError as error:  # "train_subset must be ..." -> "--train-subset must be ..."
+            key, _, rest = str(error).partition(" ")
+            if key in names and rest:
+                raise ValueError(f"{CLI_NAMES.key(key)} {rest}") from error
+            raise
 
 
 def config_differences(stored: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:
