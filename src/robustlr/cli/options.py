@@ -204,7 +204,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def add_data_options(p: argparse.ArgumentParser, split: str = "test", n: int | None = 1000) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default="fashion-mnist", help="dataset name (default: %(default)s)")
-    g.add_argument("--data-root", metavar="DIR", help="directory holding the dataset files (searched first)")
+    g.add_argument("--data-root", metavar="DIR", help="the only directory looked in for the dataset files (default: "
+                                                     "$ROBUSTLR_DATA, ~/.cache/robustlr, /usr/share/datasets)")
     g.add_argument("--download", action="store_true", help="download (checksum-verified) if not found locally")
     g.add_argument("--split", default=split, choices=["train", "test"], help="default: %(default)s")
     g.add_argument("--n", type=integer(0, "0 = all"), default=n,

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "failed runs are recorded and retried by the next invocation)")
     p = sub.add_parser("reproduce", help=text, description=text)
     p.add_argument("name", help=f"experiment: {', '.join(available())}")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/reproduce/NAME)")
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory: new, empty, or this experiment's (default: runs/reproduce/NAME)")
     p.add_argument("--smallest", action="store_true", help="the quickest variant of every run (for a smoke test)")
     p.add_argument("--only", action="append", metavar="RUN_ID", help="run only these runs (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -149,7 +149,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "use with --grad-scale exact")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=_DEFAULTS.data, help="dataset name (default: %(default)s)")
-    g.add_argument("--data-root", metavar="DIR", help="directory holding the dataset files (searched first)")
+    g.add_argument("--data-root", metavar="DIR", help="the only directory looked in for the dataset files (default: "
+                                                     "$ROBUSTLR_DATA, ~/.cache/robustlr, /usr/share/datasets)")
     g.add_argument("--download", action="store_true", help="download (checksum-verified) if not found locally")
     g.add_argument("--train-subset", type=integer(2, "a validation split is held out"), metavar="N",
                    help="use only the first N training images (default: all)")

@@ -36,7 +36,7 @@ theta              None          CondLR rank adaptivity: relative truncation tol
 amp                None          autocast of the training forward passes: ``bf16`` | ``fp16`` (GradScaler)
 device             cpu           (distributed runs: ``cuda`` means ``cuda:LOCAL_RANK`` in each process)
 out                runs/train    run directory
-data_root          None          directory searched first for the data files
+data_root          None          the only directory looked in for the data files
 download           False         download the data (checksum-verified) if missing
 =================  ============  ====================================================================
 
