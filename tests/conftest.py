@@ -27,6 +27,26 @@ def require(module: str, how: str) -> ModuleType:
     return pytest.importorskip(module, reason=how)
 
 
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """What the command wrote to stderr, required to be one ``robustlr: error: …`` line (warning lines such
+    as "no --checkpoint given" aside) and no traceback; returns that line."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if "Warning: " not in line]
+    assert len(lines) == 1 and lines[0].startswith("robustlr: error: "), err
+    return lines[0]
+
+
+def cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the command line on ``argv``; require exit code 2 and :func:`one_line_error`; return that line."""
+    from robustlr.cli import main
+
+    code = main(argv)
+    line = one_line_error(capsys)
+    assert code == 2, line
+    return line
+
+
 def small_cnn(in_channels: int = 1, num_classes: int = 10, size: int = 28, seed: int = 0) -> nn.Module:
     """A small CNN (conv-pool-conv-pool-fc) with LeakyReLU, initialised from ``seed``."""
     torch.manual_seed(seed)

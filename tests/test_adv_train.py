@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import one_line_error
 from robustlr.attacks import PGD, LoRaPGD
 from robustlr.cli import main
 from robustlr.train import AdversarialTraining, BatchContext, TrainConfig, TrainingInterrupted, train
@@ -250,13 +251,6 @@ def test_a_warm_started_lora_run_stopped_mid_epoch_resumes_exactly_with_its_bank
 
 
 # ----------------------------------------------------------------------------------------------- bad input
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("robustlr: error: ") and len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize(("options", "needles"), [
     (["--adv", "pgd", "--adv-fraction", "1.5"], ["--adv-fraction", "1.5", "[0, 1]"]),
     (["--adv", "pgd", "--adv-fraction", "-0.1"], ["--adv-fraction", "-0.1", "[0, 1]"]),
@@ -279,7 +273,7 @@ def test_bad_adversarial_options_are_one_line_errors_naming_the_option(options, 
     code = main(["train", "--train-subset", "600", "--epochs", "1", "--no-progress", *options,
                  "--out", str(tmp_path / "run")])
     assert code == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     for needle in needles:  # every message names the option as typed, never the Python field
         assert needle in err, needle
 

@@ -9,21 +9,12 @@ from pathlib import Path
 import pytest
 from torch import nn
 
+from conftest import cli_error
 from robustlr.cli import build_parser, main
 from robustlr.models import create, load_model_file, save_checkpoint
 
 COMMANDS = ["evaluate", "attack", "spectrum"]
 FAST = ["--data", "digits", "--n", "8", "--no-progress"]  # 8x8 images, 10 classes: loads in a blink
-
-
-def error_of(argv: list[str], capsys) -> str:
-    """Run the CLI, require exit code 2 with one error line and no traceback; return that line."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if "UserWarning" not in line]
-    assert len(lines) == 1 and lines[0].startswith("robustlr: error: "), err
-    return lines[0]
 
 
 @pytest.fixture
@@ -66,7 +57,7 @@ def user_file(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("device", ["meta", "cuda:99"])
 def test_device_this_machine_lacks_is_refused_before_loading(command, device, no_data, tmp_path, capsys):
-    line = error_of([command, "--model", "mlp", "--device", device, "--out", str(tmp_path / "o"), *FAST], capsys)
+    line = cli_error([command, "--model", "mlp", "--device", device, "--out", str(tmp_path / "o"), *FAST], capsys)
     assert "--device must be one this machine has" in line and repr(device) in line
     assert not (tmp_path / "o").exists()
 
@@ -76,7 +67,7 @@ def test_device_this_machine_lacks_is_refused_before_loading(command, device, no
 def test_checkpoint_for_28x28_images_on_8x8_data(tmp_path, capsys):
     path = tmp_path / "lenet.pt"
     save_checkpoint(path, create("lenet5", num_classes=10), {})
-    line = error_of(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "o"), *FAST], capsys)
+    line = cli_error(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "o"), *FAST], capsys)
     assert f"the model (--checkpoint {path}) does not accept inputs of shape (1, 8, 8) from --data digits" in line
     assert "RuntimeError: " in line  # the model's own reason
     assert not (tmp_path / "o").exists()
@@ -93,7 +84,7 @@ def test_checkpoint_for_28x28_images_on_8x8_data(tmp_path, capsys):
 @pytest.mark.parametrize("command", ["evaluate", "spectrum"])
 def test_model_file_that_does_not_fit_the_data(command, factory, needle, user_file, tmp_path, capsys):
     spec = f"{user_file}:{factory}"
-    line = error_of([command, "--model-file", spec, "--out", str(tmp_path / "o"), *FAST], capsys)
+    line = cli_error([command, "--model-file", spec, "--out", str(tmp_path / "o"), *FAST], capsys)
     assert f"the model (--model-file {spec})" in line and needle in line
 
 
@@ -126,7 +117,7 @@ def test_model_file_problems_are_one_line(source, factory, needles, user_file, t
     if source is not None:
         user_file.write_text(source)
     spec = f"{user_file}:{factory}"
-    line = error_of(["evaluate", "--model-file", spec, "--out", str(tmp_path / "o"), *FAST], capsys)
+    line = cli_error(["evaluate", "--model-file", spec, "--out", str(tmp_path / "o"), *FAST], capsys)
     assert line.startswith(f"robustlr: error: --model-file {spec!r}: ")
     for needle in needles:
         assert needle in line
@@ -173,7 +164,7 @@ def test_spectrum_takes_each_norms_budget_from_its_option(monkeypatch, tmp_path,
 )
 def test_spectrum_budget_refused_before_anything_is_created(options, needle, tmp_path, capsys):
     out = tmp_path / "spec"
-    assert needle in error_of(["spectrum", "--model", "mlp", *options, "--out", str(out), *FAST], capsys)
+    assert needle in cli_error(["spectrum", "--model", "mlp", *options, "--out", str(out), *FAST], capsys)
     assert not out.exists()
 
 
@@ -202,7 +193,7 @@ def test_commands_say_how_to_continue_after_an_interrupt(command):
 )
 @pytest.mark.parametrize("command", ["evaluate", "spectrum"])
 def test_errors_name_the_options(command, options, start, tmp_path, capsys):
-    line = error_of([command, *FAST, *options, "--out", str(tmp_path / "o")], capsys)
+    line = cli_error([command, *FAST, *options, "--out", str(tmp_path / "o")], capsys)
     assert line.startswith(f"robustlr: error: {start}"), line
     assert not (tmp_path / "o").exists()
 
@@ -211,11 +202,11 @@ def test_checkpoint_without_sidecar_asks_for_the_architecture(tmp_path, capsys):
     path = tmp_path / "bare.pt"
     save_checkpoint(path, create("mlp", num_classes=10, image_size=8), {})
     path.with_name("bare.pt.json").unlink()
-    line = error_of(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "o"), *FAST], capsys)
+    line = cli_error(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "o"), *FAST], capsys)
     assert f"--checkpoint {path}: its sidecar bare.pt.json is missing" in line
     assert "--model NAME or --model-file" in line and "model=" not in line
 
 
 def test_steps_of_spectrum_named(tmp_path, capsys):
-    line = error_of(["spectrum", "--model", "mlp", "--steps", "0", "--out", str(tmp_path / "o"), *FAST], capsys)
+    line = cli_error(["spectrum", "--model", "mlp", "--steps", "0", "--out", str(tmp_path / "o"), *FAST], capsys)
     assert "--steps must be an integer >= 1; got 0" in line

@@ -8,19 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_error
 from robustlr.cli import main
 from robustlr.cli.outputs import MARKER, check_out
 
 FAST = ["--model", "mlp", "--data", "digits", "--n", "8", "--steps", "1", "--no-progress"]
-
-
-def error_of(argv: list[str], capsys) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if "UserWarning" not in line]
-    assert len(lines) == 1 and lines[0].startswith("robustlr: error: "), err
-    return lines[0]
 
 
 @pytest.fixture
@@ -37,9 +29,9 @@ def no_work(monkeypatch):
 def test_out_that_is_a_file_is_refused_before_any_work(command, no_work, tmp_path, capsys):
     target = tmp_path / "taken"
     target.write_text("keep me")
-    assert f"--out {target} is a file, not a directory" in error_of([command, *FAST, "--out", str(target)], capsys)
+    assert f"--out {target} is a file, not a directory" in cli_error([command, *FAST, "--out", str(target)], capsys)
     under = target / "sub"
-    assert f"--out {under}: cannot create it, {target} is a file" in error_of(
+    assert f"--out {under}: cannot create it, {target} is a file" in cli_error(
         [command, *FAST, "--out", str(under)], capsys)
     assert target.read_text() == "keep me"
 
@@ -49,7 +41,7 @@ def test_foreign_non_empty_directory_is_refused_and_left_alone(command, no_work,
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    line = error_of([command, *FAST, "--out", str(out)], capsys)
+    line = cli_error([command, *FAST, "--out", str(out)], capsys)
     assert f"--out {out} is not empty and was not written by robustlr {command}" in line
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
@@ -73,10 +65,10 @@ def test_rerun_replaces_exactly_the_earlier_output(tmp_path, capsys):
 def test_output_of_another_command_or_with_added_files_is_refused(tmp_path, capsys):
     out = tmp_path / "spec"
     assert main(["spectrum", *FAST, "--out", str(out)]) == 0
-    line = error_of(["evaluate", *FAST, "--out", str(out)], capsys)
+    line = cli_error(["evaluate", *FAST, "--out", str(out)], capsys)
     assert "holds the output of robustlr spectrum, not of robustlr evaluate" in line
     (out / "later.txt").write_text("added by hand")
-    line = error_of(["spectrum", *FAST, "--out", str(out)], capsys)
+    line = cli_error(["spectrum", *FAST, "--out", str(out)], capsys)
     assert "holds files the earlier robustlr spectrum did not write (later.txt)" in line
     assert (out / "later.txt").exists() and (out / "spectrum.json").exists()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import one_line_error
 from robustlr.cli import main
 from robustlr.evaluate import at_eps, evaluate
 from robustlr.attacks import build_attack
@@ -217,16 +218,10 @@ def test_a_killed_distributed_run_resumes_under_torchrun_exactly(fmnist, tmp_pat
         assert {**summary["evaluation"][which], "seconds": None} == {**expected_eval[which], "seconds": None}
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("robustlr: error: ") and len(err.strip().splitlines()) == 1, err
-    return err
-
-
 @pytest.mark.parametrize("nproc", ["0", "-2"])
 def test_nproc_below_one_is_a_one_line_error(nproc, tmp_path, capsys):
     assert main(["train", "--nproc", nproc, "--out", str(tmp_path / "run")]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "nproc" in err and nproc in err and ">= 1" in err
     assert not (tmp_path / "run").exists()
 
@@ -234,7 +229,7 @@ def test_nproc_below_one_is_a_one_line_error(nproc, tmp_path, capsys):
 def test_nproc_inside_torchrun_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "--nproc", "2", "--out", str(tmp_path / "run")]) == 2
-    assert "inside torchrun" in _one_line_error(capsys)
+    assert "inside torchrun" in one_line_error(capsys)
 
 
 def test_resume_with_another_number_of_processes_is_refused(fmnist, tmp_path, capfd):

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from test_lowrank_optim import Small
 from robustlr.lowrank import (
     CondLR,
     FactorizedLinear,
-    LowRankConv2d,
     LowRankLinear,
     QRProjectedSGD,
     compression_report,
@@ -22,14 +22,6 @@ from robustlr.lowrank import (
 )
 
 
-class Small(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = LowRankConv2d(2, 4, 3, rank=3, padding=1)
-        self.body = nn.Sequential(nn.LeakyReLU(), nn.Flatten(), LowRankLinear(100, 6, rank=4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.conv(x))
 
 
 def _backward(model: nn.Module, seed: int = 0) -> None:

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from conftest import one_line_error
 from robustlr.cli import build_parser, main
 from robustlr.cli.options import apply_config
 from robustlr.lowrank import FactorizedConv2d, LowRankConv2d, LowRankLinear
@@ -20,13 +21,6 @@ from robustlr.train.quick import accuracy
 TAU = 0.1
 SMALL = ["--train-subset", "600", "--epochs", "1", "--eval-n", "32", "--eval-eps", "0", "0.05", "--eval-steps", "2",
          "--no-progress"]
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("robustlr: error: ") and len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.mark.parametrize("method", ["dense", "lowrank", "condlr", "orthogonal"])
@@ -103,7 +97,7 @@ def test_config_file_gives_defaults_and_the_command_line_wins(tmp_path):
 def test_bad_input_is_a_one_line_error_naming_the_argument(options, needles, tmp_path, capsys):
     code = main(["train", *SMALL, *options, "--out", str(tmp_path / "run")])
     assert code == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     for needle in needles:
         assert needle in err
 
@@ -113,7 +107,7 @@ def test_a_diverging_loss_stops_with_a_message_and_keeps_the_last_good_checkpoin
     # epoch 1 at lr 0.1 is fine; the schedule then multiplies lr by 1e9 and the loss overflows in epoch 2
     options = ["--method", "dense", "--epochs", "3", "--milestones", "1", "--gamma", "1e9"]
     assert main(["train", *SMALL, *options, "--out", str(out)]) == 2
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert "not finite" in err and "epoch 2" in err and "lr = 0.1" in err and "last.pt" in err and "epoch 1" in err
     assert any(word in err for word in ("nan", "inf"))
     assert json.loads((out / "last.pt.json").read_text())["epoch"] == 1
@@ -129,7 +123,7 @@ def test_a_new_run_refuses_an_out_directory_that_holds_one(tmp_path, capsys):
     assert main(["train", *SMALL, "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["train", *SMALL, "--out", str(out)]) == 2
-    assert "already holds a training run" in _one_line_error(capsys)
+    assert "already holds a training run" in one_line_error(capsys)
 
 
 @pytest.mark.slow

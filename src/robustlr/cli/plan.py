@@ -19,7 +19,6 @@ from ..attacks.precision import check_budget
 from ..attacks.projections import resolve_rank
 from ..data import ImageDataset
 from ..evaluate import AttackSpec, at_eps
-from .options import CliError
 from .setup import cli_names
 
 __all__ = ["Plan", "plan_attacks", "budgets", "check_budgets", "DEFAULT_EPS", "DEFAULT_RANKS"]
