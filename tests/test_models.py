@@ -87,8 +87,25 @@ PREACT18 = (conv(3, 64, 3)
             + bn(512) + fc(512, 10))
 
 
+def bottleneck(cin: int, width: int) -> int:
+    # conv1x1 - bn - conv3x3 - bn - conv1x1 (x4) - bn, and a 1x1 conv + bn shortcut when channels change
+    shortcut = conv(cin, 4 * width, 1) + bn(4 * width) if cin != 4 * width else 0
+    return (conv(cin, width, 1) + bn(width) + conv(width, width, 3) + bn(width)
+            + conv(width, 4 * width, 1) + bn(4 * width) + shortcut)
+
+
+def resnet50_count(classes: int, stem_kernel: int = 7) -> int:
+    groups = [(64, 3), (128, 4), (256, 6), (512, 3)]
+    blocks, cin = 0, 64
+    for width, n in groups:
+        blocks += bottleneck(cin, width) + (n - 1) * bottleneck(4 * width, width)
+        cin = 4 * width
+    return conv(3, 64, stem_kernel) + bn(64) + blocks + fc(2048, classes)
+
+
 def test_hand_counts_match_known_values() -> None:
     assert LENET5_28 == 431_080
+    assert resnet50_count(1000) == 25_557_032  # torchvision's resnet50
     assert WRN_16_4 == 2_748_890  # the usual "2.7M" of WRN-16-4
 
 
@@ -115,7 +132,7 @@ def test_defaults_fit_the_model(name: str, channels: int, size: int) -> None:
 
 
 def test_available_models() -> None:
-    assert available_models() == ["lenet5", "mlp", "preact-resnet18", "vgg16", "wrn-16-4"]
+    assert available_models() == ["lenet5", "mlp", "preact-resnet18", "resnet50", "vgg16", "wrn-16-4"]
 
 
 def test_lenet_flatten_size_follows_image_size() -> None:
@@ -170,7 +187,10 @@ def test_mlp_hidden_sizes_option() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fragments"),
     [
-        ({"name": "resnet50"}, ["name", "'resnet50'", "lenet5", "vgg16", "wrn-D-K"]),
+        ({"name": "resnet101"}, ["name", "'resnet101'", "lenet5", "resnet50", "wrn-D-K"]),
+        ({"name": "resnet50", "stem": "cifar"}, ["stem", "'cifar'", "auto", "imagenet", "small"]),
+        ({"name": "resnet50", "image_size": 7}, ["image_size", "7", ">= 8", "small stem"]),
+        ({"name": "resnet50", "image_size": 31, "stem": "imagenet"}, ["image_size", "31", ">= 32", "imagenet"]),
         ({"name": "wrn-15-4"}, ["depth", "15", "6n + 4"]),
         ({"name": "wrn-16-0"}, ["widen_factor", "0", ">= 1"]),
         ({"name": "lenet5", "activation": "tanh"}, ["activation", "'tanh'", "leaky_relu", "relu"]),
@@ -189,6 +209,36 @@ def test_bad_arguments_raise_value_error(kwargs: dict, fragments: list[str]) -> 
         create(**kwargs)
     for fragment in fragments:
         assert fragment in str(error.value)
+
+
+# --------------------------------------------------------- ResNet-50
+
+
+def test_resnet50_is_torchvisions_network() -> None:
+    model = create("resnet50", num_classes=1000, in_channels=3, image_size=224, activation="relu")
+    assert n_params(model) == 25_557_032
+    assert creation_args(model)["image_size"] == 224 and creation_args(create("resnet50"))["image_size"] == 224
+    assert [len(getattr(model, f"layer{i}")) for i in (1, 2, 3, 4)] == [3, 4, 6, 3]
+    assert (model.conv1.kernel_size, model.conv1.stride, type(model.maxpool)) == ((7, 7), (2, 2), nn.MaxPool2d)
+    # torchvision's v1.5: a downsampling block strides its 3x3 conv; its shortcut is conv1x1 + BN
+    first = model.layer2[0]
+    assert (first.conv1.stride, first.conv2.stride, first.downsample[0].stride) == ((1, 1), (2, 2), (2, 2))
+    keys = model.state_dict().keys()
+    assert {"conv1.weight", "bn1.running_var", "layer1.0.downsample.1.weight", "layer4.2.bn3.bias",
+            "fc.weight", "fc.bias"} <= keys
+    assert not any(k.startswith("layer1.1.downsample") for k in keys)
+    with torch.no_grad():
+        assert model.eval()(torch.rand(1, 3, 224, 224)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize(("size", "stem", "kernel"), [(32, "auto", 3), (63, "auto", 3), (64, "auto", 7),
+                                                       (32, "imagenet", 7), (96, "small", 3)])
+def test_resnet50_stems(size: int, stem: str, kernel: int) -> None:
+    model = create("resnet50", num_classes=10, in_channels=3, image_size=size, stem=stem)
+    assert model.conv1.kernel_size == (kernel, kernel)
+    assert isinstance(model.maxpool, nn.MaxPool2d if kernel == 7 else nn.Identity)
+    assert n_params(model) == resnet50_count(10, kernel)
+    assert model(torch.rand(2, 3, size, size)).shape == (2, 10)
 
 
 # --------------------------------------------------------- WRN residuals

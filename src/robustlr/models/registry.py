@@ -12,6 +12,7 @@ from .lenet import LeNet5
 from .mlp import MLP
 from .normalize import Normalize, with_normalization
 from .preact_resnet import preact_resnet18
+from .resnet import resnet50
 from .vgg import VGG16
 from .wrn import parse_wrn_name, wide_resnet
 
@@ -19,6 +20,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "mlp": MLP,
     "preact-resnet18": preact_resnet18,
+    "resnet50": resnet50,
     "vgg16": VGG16,
     "wrn-16-4": partial(wide_resnet, 16, 4),
 }
@@ -59,12 +61,12 @@ def create(
 
     Args:
         name: model name, e.g. ``"lenet5"``, ``"vgg16"``, ``"wrn-16-4"``,
-            ``"preact-resnet18"``, ``"mlp"``.
+            ``"preact-resnet18"``, ``"resnet50"``, ``"mlp"``.
         num_classes: number of output logits (>= 2).
         in_channels: input channels; ``None`` takes the model's default (1 for
             ``lenet5`` and ``mlp``, 3 for the CIFAR models).
         image_size: side of the square input; ``None`` takes the model's default
-            (28 for ``lenet5`` and ``mlp``, 32 for the CIFAR models).
+            (28 for ``lenet5`` and ``mlp``, 32 for the CIFAR models, 224 for ``resnet50``).
         activation: ``"leaky_relu"`` (slope 0.01) or ``"relu"``.
         mean, std: if given (both or neither), the model is wrapped by
             :func:`with_normalization` so it takes inputs in [0, 1].
