@@ -11,15 +11,24 @@ float16/bfloat16 images) and computes in it with autocast off; the model is fed 
 input dtype, under the caller's autocast; :meth:`Attack._fit` returns the final images in the input dtype
 with ``‖x_adv − x‖ ≤ ε`` held in that dtype (:func:`~robustlr.attacks.projections.fit_budget`).
 
-Randomness never touches the global RNG.  Each sample's random draws come from its own
-``torch.Generator`` seeded by ``(seed, restart, bytes of the sample)``, so an image gets the same random
-start whatever batch it is in and wherever it sits in that batch: attacking a batch equals attacking
+Randomness never touches the global RNG (:mod:`robustlr.attacks.randomness`).  Each sample's random draws
+are a counter-based hash of ``(seed, restart, purpose, key of the sample)``, computed on the device; the keys
+hash each sample's values, once per call and only when the attack draws noise.  So an image gets the same
+random start whatever batch it is in and wherever it sits in that batch: attacking a batch equals attacking
 each image alone, and results do not depend on the evaluation batch size.
+
+Host round trips: one per call, the fused input check (:meth:`Attack._check_inputs` reads one small tensor of
+flags and extremes); the steps read nothing.
+
+Loss scaling: with ``loss_scale = s`` the objective is multiplied by ``s`` before ``autograd.grad``, so the
+gradients flowing back through a float16 model are ``s`` times larger and do not underflow (float16's
+smallest subnormal is 6e-8).  Every step normalises its gradient per sample (``sign``, ``g/‖g‖``), which a
+positive factor does not change, so in exact arithmetic the attack is the same.  ``loss_scale=None`` uses
+:data:`AUTO_LOSS_SCALE` when the model runs in float16 (float16 images, or float16 autocast) and 1 otherwise.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
 from abc import ABC, abstractmethod
@@ -33,15 +42,22 @@ from ..checks import check_int, check_number, is_integer
 from ..modes import eval_mode
 from .precision import WORK_DTYPE, Precision, check_budget
 from .projections import check_norm, fit_budget
+from .randomness import Noise, sample_keys
 
-__all__ = ["Attack", "LOSSES"]
+__all__ = ["AUTO_LOSS_SCALE", "Attack", "LOSSES"]
 
 LOSSES = ("ce", "margin")
 """Attack objectives: cross-entropy, or the CW-style logit margin."""
 
+AUTO_LOSS_SCALE = 2.0**10
+"""The loss scale of float16 models when none is given.  The objective is a per-sample *sum* (not a batch
+mean as in training, where ``torch.amp.GradScaler`` starts at 2¹⁶ for means over batches of hundreds), so
+2¹⁰ lifts per-pixel input gradients above float16's underflow while a Jacobian gain of up to ~60 between the
+logits and the input stays below float16's largest value (65504)."""
+
 _RANGE_TOL = 1e-6
 _SEED_BOUND = 2**127
-"""Seeds are mixed into the per-sample keys as 16-byte signed integers."""
+"""Seeds are integers in ``[-2**127, 2**127)``."""
 
 
 class Attack(ABC):
@@ -60,6 +76,8 @@ class Attack(ABC):
             else the one with the highest loss.
         seed: seed of the attack's random draws, any integer number in ``[-2**127, 2**127)``; ``None``
             draws a fresh one (kept in ``self.seed``).
+        loss_scale: factor ``s > 0`` applied to the objective before differentiation (see the module
+            docstring); ``None``: :data:`AUTO_LOSS_SCALE` for float16 models, else 1.
     """
 
     name: str = "attack"
@@ -73,6 +91,7 @@ class Attack(ABC):
         loss: str = "ce",
         restarts: int = 1,
         seed: int | None = None,
+        loss_scale: float | None = None,
     ) -> None:
         if not callable(model):
             raise ValueError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
@@ -86,7 +105,12 @@ class Attack(ABC):
         if seed is not None and not (is_integer(seed) and -_SEED_BOUND <= seed < _SEED_BOUND):  # type: ignore[operator]
             raise ValueError(f"seed must be an integer in [-2**127, 2**127) or None, got {seed!r}")
         self.seed = secrets.randbits(63) if seed is None else int(seed)  # type: ignore[arg-type]
-        self._sample_keys: list[bytes] = []
+        self.loss_scale = None if loss_scale is None else check_budget(
+            "loss_scale", check_number("loss_scale", loss_scale, 0.0, strict=True), WORK_DTYPE,
+            "the objective is scaled in it")
+        self._key_source: torch.Tensor | None = None
+        self._noise_source: Noise | None = None
+        self._scale = 1.0
         self._max_label = 0
         self._precision: Precision | None = None
 
@@ -98,7 +122,7 @@ class Attack(ABC):
         """
         if self.eps == 0:
             self._check_call(x, y)
-            return x.detach().clone()
+            return x.detach().clone(memory_format=torch.preserve_format)
         return self._guarded(x, y, targeted, self._best_of_restarts)
 
     def _guarded(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, fn: Callable):
@@ -109,25 +133,29 @@ class Attack(ABC):
         caller's autocast by :meth:`_logits`).  Every submodule's training flag is restored afterwards, also
         when ``fn`` raises.
         """
-        self._check_call(x, y)
+        self._max_label = self._check_call(x, y)
         precision = Precision.of(x)
         try:
             with eval_mode(self.model), precision.arithmetic(), torch.enable_grad():
                 self._precision = precision
-                self._sample_keys = self._keys(x)
-                self._max_label = int(y.max())  # read once per call: no device sync inside the attack steps
+                self._scale = self.loss_scale if self.loss_scale is not None else \
+                    AUTO_LOSS_SCALE if precision.half_model else 1.0
+                x_work = x.detach().to(precision.work_dtype)
+                self._key_source = x_work
                 labels = y.detach().to(device=x.device, dtype=torch.long)
-                return fn(x.detach().to(precision.work_dtype), labels, targeted)
+                return fn(x_work, labels, targeted)
         finally:
-            self._sample_keys = []
+            self._key_source = None
+            self._noise_source = None
             self._precision = None
 
-    def _check_call(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _check_call(self, x: torch.Tensor, y: torch.Tensor) -> int:
         """Check ``x`` and ``y`` (:meth:`_check_inputs`) and that every budget of the attack
-        (:meth:`_budgets`) is representable in ``x``'s dtype, before any work."""
-        self._check_inputs(x, y)
+        (:meth:`_budgets`) is representable in ``x``'s dtype, before any work; returns the largest label."""
+        max_label = self._check_inputs(x, y)
         for name, value in self._budgets().items():
             check_budget(name, value, x.dtype, "the dtype of x")
+        return max_label
 
     def _budgets(self) -> dict[str, float]:
         """The attack's numbers that enter the perturbation arithmetic and must fit the images' dtype."""
@@ -139,7 +167,8 @@ class Attack(ABC):
 
     def _describe(self) -> dict[str, object]:
         """Hyper-parameters shown by ``repr`` and recorded in reports."""
-        return {"eps": self.eps, "norm": self.norm, "loss": self.loss, "restarts": self.restarts, "seed": self.seed}
+        described = {"eps": self.eps, "norm": self.norm, "loss": self.loss, "restarts": self.restarts, "seed": self.seed}
+        return described if self.loss_scale is None else {**described, "loss_scale": self.loss_scale}
 
     def state_bytes(self, shape: tuple[int, ...], element_size: int = 4) -> int:
         """Bytes of the optimisation state of one attack on a batch of ``shape`` (the perturbation)."""
@@ -196,28 +225,34 @@ class Attack(ABC):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-sample objective at ``x_adv`` and the gradient of its sum w.r.t. ``wrt`` (default ``[x_adv]``).
 
-        The summed loss makes each sample's gradient independent of the rest of the batch.
+        The summed loss makes each sample's gradient independent of the rest of the batch.  The gradient is
+        that of ``s · Σ objective`` with ``s`` the call's loss scale (see the module docstring): the steps
+        normalise it per sample, so only its direction matters.
         """
         wrt = [x_adv] if wrt is None else wrt
         objective = self._objective(self._logits(x_adv), y, targeted)
-        grads = torch.autograd.grad(objective.sum(), wrt)
+        total = objective.sum()
+        grads = torch.autograd.grad(total * self._scale if self._scale != 1.0 else total, wrt)
         return objective.detach(), list(grads)
 
-    def _noise(self, kind: str, shape: tuple[int, ...], restart: int, like: torch.Tensor) -> torch.Tensor:
-        """Per-sample random tensor of shape ``(N, *shape)``, reproducible from (seed, restart, sample).
+    def _noise(self, kind: str, shape: tuple[int, ...], restart: int, like: torch.Tensor,
+               purpose: str = "start") -> torch.Tensor:
+        """Per-sample random tensor of shape ``(N, *shape)`` in ``like``'s dtype and device, a function of
+        (seed, restart, purpose, sample) only (:class:`~robustlr.attacks.randomness.Noise`); in ``like``'s
+        memory format when ``shape`` is that of its samples.
 
-        ``kind``: ``"normal"`` (N(0,1)), ``"uniform"`` (U(−1,1)) or ``"unit"`` (U(0,1)).
+        ``kind``: ``"normal"`` (N(0,1)), ``"uniform"`` (U(−1,1)) or ``"unit"`` (U(0,1)).  The sample keys
+        are computed on the first request of a call, so attacks that draw nothing never compute them.
         """
-        out = []
-        for key in self._sample_keys:
-            g = torch.Generator().manual_seed(_derive_seed(key, self.seed, restart, kind))
-            if kind == "normal":
-                out.append(torch.randn(shape, generator=g, dtype=torch.float64))
-            elif kind == "uniform":
-                out.append(torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1)
-            else:
-                out.append(torch.rand(shape, generator=g, dtype=torch.float64))
-        return torch.stack(out).to(device=like.device, dtype=like.dtype)
+        if self._noise_source is None:
+            if self._key_source is None:
+                raise RuntimeError("Attack._noise is only available during an attack call")
+            self._noise_source = Noise(sample_keys(self._key_source), self.seed)
+        layout = torch.contiguous_format
+        if like.dim() == 4 and tuple(shape) == tuple(like.shape[1:]) and \
+                like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+            layout = torch.channels_last
+        return self._noise_source.draw(kind, tuple(shape), restart, purpose, layout).to(like.dtype)
 
     # ------------------------------------------------------------------ internals
     def _best_of_restarts(self, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -242,12 +277,13 @@ class Attack(ABC):
             return fooled, self._objective(logits, y, targeted)
 
     @staticmethod
-    def _keys(x: torch.Tensor) -> list[bytes]:
-        data = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return [hashlib.blake2b(sample.tobytes(), digest_size=16).digest() for sample in data]
+    def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> int:
+        """Check the call's images and labels; return the largest label.
 
-    @staticmethod
-    def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+        The shape and dtype checks are free; the value checks (``x`` finite and in ``[0, 1]``, labels
+        ``>= 0``) are fused into one tensor ``[all finite, min x, max x, min y, max y]`` read with a single
+        host round trip.
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a 4-D tensor (N, C, H, W), got {shape}")
@@ -255,21 +291,18 @@ class Attack(ABC):
             raise ValueError(f"x must be a floating tensor with values in [0, 1], got dtype {x.dtype}")
         if x.shape[0] == 0:
             raise ValueError("x must hold at least one image, got an empty batch")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x must be finite, got NaN or inf values")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
-            raise ValueError(f"x must have values in [0, 1] (normalise inside the model), got range [{lo:.4g}, {hi:.4g}]")
         if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
             raise ValueError(f"y must be an integer tensor of labels, got {getattr(y, 'dtype', type(y).__name__)}")
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-        if int(y.min()) < 0:
-            raise ValueError(f"y must hold labels >= 0, got min {int(y.min())}")
-
-
-def _derive_seed(key: bytes, seed: int, restart: int, kind: str) -> int:
-    h = hashlib.blake2b(key, digest_size=8, person=kind.encode()[:16].ljust(16, b"\0"))
-    h.update(seed.to_bytes(16, "little", signed=True))
-    h.update(restart.to_bytes(8, "little"))
-    return int.from_bytes(h.digest(), "little") >> 1
+        x_lo, x_hi = torch.aminmax(x.detach())
+        y_lo, y_hi = torch.aminmax(y.detach().to(device=x.device))
+        flags = torch.stack([t.to(torch.float64) for t in (torch.isfinite(x).all(), x_lo, x_hi, y_lo, y_hi)])
+        finite, lo, hi, y_min, y_max = flags.tolist()
+        if not finite:
+            raise ValueError("x must be finite, got NaN or inf values")
+        if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
+            raise ValueError(f"x must have values in [0, 1] (normalise inside the model), got range [{lo:.4g}, {hi:.4g}]")
+        if y_min < 0:
+            raise ValueError(f"y must hold labels >= 0, got min {int(y_min)}")
+        return int(y_max)

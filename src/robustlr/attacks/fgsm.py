@@ -29,8 +29,10 @@ class FGSM(PGD):
         *,
         loss: str = "ce",
         seed: int | None = None,
+        loss_scale: float | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, steps=1, alpha=None, random_start=False, seed=seed, loss=loss)
+        super().__init__(model, eps, norm, steps=1, alpha=None, random_start=False, seed=seed, loss=loss,
+                         loss_scale=loss_scale)
 
     def _default_alpha(self) -> float:
         return self.eps

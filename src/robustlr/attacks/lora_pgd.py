@@ -58,6 +58,7 @@ class LoRaPGD(Attack):
         restarts: independent runs, best per sample kept.
         seed: seed of the random factor ``U₀``.
         loss: ``"ce"`` or ``"margin"``.
+        loss_scale: factor of the objective before differentiation (see :class:`~robustlr.attacks.base.Attack`).
     """
 
     name = "lora-pgd"
@@ -74,8 +75,9 @@ class LoRaPGD(Attack):
         seed: int | None = None,
         *,
         loss: str = "ce",
+        loss_scale: float | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed)
+        super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed, loss_scale=loss_scale)
         self.rank = check_rank_spec(rank)
         self.steps = check_int("steps", steps, 1)
         if init not in INITS:

@@ -10,6 +10,10 @@ This is the update of torchattacks' ``PGD``/``PGDL2`` (which the tests check aga
 Default step sizes (``alpha=None``): L∞ ``α = 2.5·ε/steps`` (Madry et al.'s rule, 2/255 at ε = 8/255 and
 10 steps); L2 ``α = 1.8·ε/steps`` (the LoRa-PGD paper's PGD-L2 baseline, 0.09 at ε = 0.5 and 10 steps).
 Random start: L∞ uniform in ``[−ε, ε]^d``; L2 a Gaussian direction scaled to radius ``u·ε``, ``u ~ U(0,1)``.
+
+The loop holds the iterate in one tensor updated in place (:func:`~robustlr.attacks.projections.ascend_`,
+:func:`~robustlr.attacks.projections.project_`, with L∞'s box ∩ ball as one clamp to bounds computed once per
+restart); a step allocates only what the model's backward returns.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import nn
 from ..checks import check_int, check_number
 from .base import Attack
 from .precision import WORK_DTYPE, check_budget
-from .projections import clip_unit, normalize_per_sample, per_sample_norm, project_ball
+from .projections import ascend_, box_bounds, clip_unit, per_sample_norm, project_
 
 __all__ = ["PGD", "default_alpha"]
 
@@ -48,6 +52,7 @@ class PGD(Attack):
         restarts: independent runs; per sample the best is kept (see :class:`Attack`).
         seed: seed of the random start.
         loss: ``"ce"`` or ``"margin"``.
+        loss_scale: factor of the objective before differentiation (see :class:`Attack`).
     """
 
     name = "pgd"
@@ -64,8 +69,9 @@ class PGD(Attack):
         seed: int | None = None,
         *,
         loss: str = "ce",
+        loss_scale: float | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed)
+        super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed, loss_scale=loss_scale)
         self.steps = check_int("steps", steps, 1)
         if alpha is None:
             self.alpha = check_budget("alpha", self._default_alpha(), WORK_DTYPE,
@@ -90,8 +96,9 @@ class PGD(Attack):
         return {**super()._describe(), "steps": self.steps, "alpha": self.alpha, "random_start": self.random_start}
 
     def _start(self, x: torch.Tensor, restart: int) -> torch.Tensor:
+        """The first iterate, a tensor of its own: ``x``, or a random point of the ε-ball clipped to ``[0,1]``."""
         if not self.random_start:
-            return x.clone()
+            return x.clone(memory_format=torch.preserve_format)
         if self.norm == "linf":
             delta = self.eps * self._noise("uniform", tuple(x.shape[1:]), restart, x)
         else:
@@ -100,16 +107,19 @@ class PGD(Attack):
             delta = direction / per_sample_norm(direction, "l2")[:, None, None, None] * radius
         return clip_unit(x + delta)
 
-    def _shape_delta(self, delta: torch.Tensor, step: int) -> torch.Tensor:
-        """Hook applied to the projected perturbation after each step (identity for plain PGD)."""
-        return delta
+    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, step: int, scratch: torch.Tensor,
+                 box: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Project the iterate after step ``step`` in place: ``x_adv ← clip_[0,1](x + Π_ε(x_adv − x))``."""
+        project_(x_adv, x, self.eps, self.norm, scratch, box)
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:
         x_adv = self._start(x, restart)
+        scratch = torch.empty_like(x)
+        box = box_bounds(x, self.eps) if self.norm == "linf" else None
         for step in range(self.steps):
             x_adv.requires_grad_(True)
             _, (grad,) = self._loss_and_grad(x_adv, y, targeted)
-            x_adv = x_adv.detach() + self.alpha * normalize_per_sample(grad, self.norm)
-            delta = self._shape_delta(project_ball(x_adv - x, self.eps, self.norm), step)
-            x_adv = clip_unit(x + delta)
-        return self._fit(delta, x)
+            x_adv.requires_grad_(False)  # the graph is freed: the iterate is updated in place
+            ascend_(x_adv, grad, self.alpha, self.norm, scratch)
+            self._project(x_adv, x, step, scratch, box)
+        return self._fit(torch.sub(x_adv, x, out=scratch), x)

@@ -83,6 +83,12 @@ class Precision:
             autocast = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         return cls(x.dtype, work_dtype(x.dtype), kind, autocast)
 
+    @property
+    def half_model(self) -> bool:
+        """Whether the model runs in float16: float16 images, or float16 autocast on (gradients flowing back
+        through it can underflow, see :data:`robustlr.attacks.base.AUTO_LOSS_SCALE`)."""
+        return self.input_dtype == torch.float16 or self.autocast == (True, torch.float16)
+
     @contextlib.contextmanager
     def arithmetic(self) -> Iterator[None]:
         """The attack's own arithmetic: autocast off, so that it runs in :attr:`work_dtype`."""

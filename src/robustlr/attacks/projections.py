@@ -23,6 +23,9 @@ __all__ = [
     "per_sample_norm",
     "normalize_per_sample",
     "project_ball",
+    "box_bounds",
+    "ascend_",
+    "project_",
     "clip_unit",
     "fit_budget",
     "truncate_rank",
@@ -60,10 +63,10 @@ def per_sample_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "nuc":
         return channel_svd(x).sum(dim=(1, 2))
     check_norm(norm)
-    flat = x.reshape(x.shape[0], -1)
+    dims = tuple(range(1, x.dim()))  # reduced in place: no reshape, which would copy a channels_last batch
     if norm == "l2":
-        return torch.linalg.vector_norm(flat, ord=2, dim=1)
-    return flat.abs().amax(dim=1)
+        return torch.linalg.vector_norm(x, ord=2, dim=dims)
+    return torch.linalg.vector_norm(x, ord=float("inf"), dim=dims)
 
 
 def normalize_per_sample(x: torch.Tensor, norm: str) -> torch.Tensor:
@@ -90,6 +93,38 @@ def project_ball(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     norms = per_sample_norm(delta, "l2")
     factor = torch.clamp(eps / (norms + TINY), max=1.0)
     return delta * _view(delta, factor)
+
+
+def box_bounds(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entry-wise bounds of ``[0,1]^d ∩ {x' : ‖x' − x‖∞ ≤ ε}``: ``(max(0, x − ε), min(1, x + ε))``."""
+    return (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+
+
+def ascend_(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str, scratch: torch.Tensor) -> torch.Tensor:
+    """``x_adv ← x_adv + α · d(grad)`` in place (``d`` of :func:`normalize_per_sample`), using ``scratch``
+    (a tensor of ``x_adv``'s shape and dtype) and no other full-size temporary; returns ``x_adv``."""
+    if norm == "linf":
+        return x_adv.add_(torch.sign(grad, out=scratch), alpha=alpha)
+    check_norm(norm)
+    scale = alpha / (per_sample_norm(grad, "l2") + TINY)
+    return x_adv.add_(torch.mul(grad, _view(grad, scale), out=scratch))
+
+
+def project_(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, scratch: torch.Tensor,
+             box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``x_adv ← clip_[0,1](x + Π_ε(x_adv − x))`` in place (:func:`project_ball`, :func:`clip_unit`); returns it.
+
+    L∞: the box and the ball are both entry-wise intervals, so the two projections are one clamp to
+    ``box = box_bounds(x, ε)``.  L2: ``δ = x_adv − x`` goes to ``scratch``, then
+    ``x_adv = clip(x + δ·min(1, ε/(‖δ‖₂ + tiny)))``.
+    """
+    if norm == "linf":
+        lo, hi = box if box is not None else box_bounds(x, eps)
+        return torch.clamp(x_adv, lo, hi, out=x_adv)
+    check_norm(norm)
+    delta = torch.sub(x_adv, x, out=scratch)
+    factor = torch.clamp(eps / (per_sample_norm(delta, "l2") + TINY), max=1.0)
+    return torch.addcmul(x, delta, _view(delta, factor), out=x_adv).clamp_(0.0, 1.0)
 
 
 def clip_unit(x: torch.Tensor) -> torch.Tensor:

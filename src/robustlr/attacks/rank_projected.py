@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .pgd import PGD
-from .projections import check_rank_spec, project_ball, resolve_rank, truncate_rank
+from .projections import check_rank_spec, clip_unit, project_ball, resolve_rank, truncate_rank
 
 __all__ = ["RankProjectedPGD"]
 
@@ -49,8 +49,10 @@ class RankProjectedPGD(PGD):
         seed: int | None = None,
         *,
         loss: str = "ce",
+        loss_scale: float | None = None,
     ) -> None:
-        super().__init__(model, eps, norm, steps, alpha, random_start, restarts, seed, loss=loss)
+        super().__init__(model, eps, norm, steps, alpha, random_start, restarts, seed, loss=loss,
+                         loss_scale=loss_scale)
         if project not in PROJECT_MODES:
             raise ValueError(f"project must be one of {PROJECT_MODES}, got {project!r}")
         self.rank = check_rank_spec(rank)
@@ -64,8 +66,14 @@ class RankProjectedPGD(PGD):
         self._rank_now = resolve_rank(self.rank, min(x.shape[-2:]))
         return super()._run(x, y, targeted, restart)
 
-    def _shape_delta(self, delta: torch.Tensor, step: int) -> torch.Tensor:
+    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, step: int, scratch: torch.Tensor,
+                 box: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """PGD's projection, or, at the steps that truncate, ``x_adv ← clip_[0,1](x + T_r(Π_ε(x_adv − x)))``
+        (L∞: ``Π_ε`` once more after the truncation ``T_r``)."""
         if self.project == "last" and step != self.steps - 1:
-            return delta
-        low = truncate_rank(delta, self._rank_now)
-        return project_ball(low, self.eps, self.norm) if self.norm == "linf" else low
+            super()._project(x_adv, x, step, scratch, box)
+            return
+        low = truncate_rank(project_ball(x_adv - x, self.eps, self.norm), self._rank_now)
+        if self.norm == "linf":
+            low = project_ball(low, self.eps, self.norm)
+        x_adv.copy_(clip_unit(x + low))

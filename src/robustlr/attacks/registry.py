@@ -52,9 +52,11 @@ def build_attack(
     steps: int = 10,
     restarts: int = 1,
     seed: int | None = 0,
+    loss_scale: float | None = None,
 ) -> Attack:
     """Construct the attack ``name`` (see the module table) at budget ``eps``.
 
+    ``loss_scale`` is passed to every attack (see :class:`~robustlr.attacks.base.Attack`).
     ``rank`` is required for the ranked attacks and refused for the others; ``steps`` and ``restarts``
     are checked for every attack (integers >= 1) and ignored by the single-step FGSM/FGM.  Numbers may be
     of any real (``eps``, a fraction ``rank``) or integer (``steps``, ``restarts``, ``seed``, an int
@@ -68,9 +70,11 @@ def build_attack(
     if name not in RANKED_ATTACKS and rank is not None:
         raise ValueError(f"attack {name!r} takes no rank, got rank={rank!r}; ranked attacks: {RANKED_ATTACKS}")
     if name in ("fgsm", "fgm-l2"):
-        return FGSM(model, eps, norm, seed=seed)
+        return FGSM(model, eps, norm, seed=seed, loss_scale=loss_scale)
     if name.startswith("pgd"):
-        return PGD(model, eps, norm, steps=steps, restarts=restarts, seed=seed)
+        return PGD(model, eps, norm, steps=steps, restarts=restarts, seed=seed, loss_scale=loss_scale)
     if name.startswith("lora"):
-        return LoRaPGD(model, eps, rank=rank, norm=norm, steps=steps, restarts=restarts, seed=seed)
-    return RankProjectedPGD(model, eps, rank=rank, norm=norm, steps=steps, restarts=restarts, seed=seed)
+        return LoRaPGD(model, eps, rank=rank, norm=norm, steps=steps, restarts=restarts, seed=seed,
+                       loss_scale=loss_scale)
+    return RankProjectedPGD(model, eps, rank=rank, norm=norm, steps=steps, restarts=restarts, seed=seed,
+                            loss_scale=loss_scale)
