@@ -19,6 +19,7 @@ attack returning anything but finite floating images in ``[0, 1]`` within its de
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 
@@ -30,7 +31,17 @@ from tqdm.auto import tqdm
 from .attacks.projections import per_sample_norm
 from .checks import check_device, check_int
 from .evaluation.data import Data, iter_batches, num_batches
-from .evaluation.guards import check_adversarial, check_labels, check_logits, check_model_finite
+from .evaluation.guards import (
+    ADVERSARIAL_STATS,
+    adversarial_input,
+    adversarial_stats,
+    check_logits_shape,
+    check_model_finite,
+    clean_stats,
+    declared_bound,
+    raise_adversarial,
+    raise_clean,
+)
 from .evaluation.result import (
     AttackResult,
     EvaluationResult,
@@ -64,6 +75,7 @@ def evaluate(
     n: int | None = None,
     progress: bool = True,
     sanity: bool = True,
+    nuclear: bool | None = None,
 ) -> EvaluationResult:
     """Clean and robust accuracy of ``model`` on ``data`` under every attack, with the per-ε worst case.
 
@@ -86,6 +98,14 @@ def evaluate(
             probability outputs); failures are returned in ``result.warnings`` and issued as
             :class:`RobustnessWarning`, never raised.  With or without them, a note says when attacks of
             several norms ran at one ε (their worst cases are kept apart).
+        nuclear: compute the mean nuclear norm of δ (an SVD of every channel of every batch, in float32) for every
+            attack (``True``), for none (``False``), or (``None``, the default) for the low-rank attacks only
+            (those with a ``rank`` attribute); where it is not computed ``mean_nuclear`` is NaN (``None`` in
+            ``to_dict()``, "—" in reports).
+
+    Host round trips: one per batch (every check of the batch — its images, its clean logits and labels, the
+    results of every attack on the previous batch — read in one transfer) plus a constant per call (the model's
+    weights, the last batch's attack results, the masks and sums at the end); the attacks' own are theirs.
 
     Returns:
         an :class:`EvaluationResult` (``to_dict()`` for JSON; per-sample masks kept in the object), with one
@@ -100,9 +120,12 @@ def evaluate(
             logits, or an attack returning a tensor of another shape, of an integer dtype, with non-finite
             values, values outside ``[0, 1]`` or (when it declares its ``norm``) a perturbation larger than its
             ε.  The arguments and the model's weights are checked before any attack runs; each batch and its
-            clean logits before it is attacked; each attack result as it is returned.
+            clean logits before it is attacked; the attack results of a batch with the next batch's checks (or
+            at the end): an error names the attack and the batch.
     """
     batch_size = check_int("batch_size", batch_size, 1)
+    if nuclear is not None and not isinstance(nuclear, bool):
+        raise ValueError(f"nuclear must be True, False or None (only the low-rank attacks); got {nuclear!r}")
     if n is not None:
         n = check_int("n", n, 1)
     runs = build_runs(attacks, eps_grid)
@@ -110,28 +133,35 @@ def evaluate(
     batches, total = iter_batches(data, batch_size, n)
     check_model_finite(model)
     expected = num_batches(total, batch_size)
-    tallies = [_Tally(run) for run in runs]
+    tallies = [_Tally(run, hasattr(run.attack, "rank") if nuclear is None else nuclear) for run in runs]
     clean_correct: list[torch.Tensor] = []
-    zero_gradients, probabilities = 0, True
+    zero_gradients = probabilities = None
     start = time.perf_counter()
     with eval_mode(model), tqdm(total=None if expected is None else expected * len(runs), desc="evaluate",
                                 unit="attack·batch", disable=not progress) as bar:
         for index, (x, y) in enumerate(batches):
             x, y = x.to(target), y.to(target, torch.long)
             where = "clean images in the first batch" if index == 0 else f"clean images in batch {index + 1}"
-            logits, grad = _clean_pass(model, x, y, with_grad=sanity, where=where)
-            clean_correct.append((logits.argmax(dim=1) == y).cpu())
+            logits, grad = _clean_pass(model, x, y, sanity, where, tallies)
+            clean_correct.append(logits.argmax(dim=1) == y)
             if sanity:
-                zero_gradients += zero_gradient_count(grad, x.shape[0])
-                probabilities = probabilities and looks_like_probabilities(logits)
+                zeros, probs = zero_gradient_count(grad, x.shape[0], target), looks_like_probabilities(logits)
+                zero_gradients = zeros if zero_gradients is None else zero_gradients + zeros
+                probabilities = probs if probabilities is None else probabilities & probs
             for tally in tallies:
-                tally.add(model, x, y, target)
+                tally.add(model, x, y, index, target)
                 bar.update(1)
-    clean = torch.cat(clean_correct)
-    results = [tally.result(clean) for tally in tallies]
+    flags = [] if zero_gradients is None else [zero_gradients, probabilities]
+    values = _check_pending(tallies, [tally.norm_sums for tally in tallies] + flags)
+    clean = torch.cat(clean_correct).cpu()
+    results, offset = [], 0
+    for tally in tallies:
+        results.append(tally.result(clean, values[offset:offset + tally.norm_sums.numel()]))
+        offset += tally.norm_sums.numel()
     clean_accuracy = fraction(clean)
     if sanity:
-        messages = sanity_warnings(clean.numel(), clean_accuracy, results, zero_gradients, probabilities)
+        zeros, probs = values[offset:]
+        messages = sanity_warnings(clean.numel(), clean_accuracy, results, int(zeros), bool(probs))
     else:
         messages = norm_notes(results)
     emit(messages)
@@ -148,46 +178,76 @@ def evaluate(
     )
 
 
-class _Tally:
-    """Accumulates one run over batches: per-sample correctness, norm sums, time in the attack."""
+def _check_pending(tallies: list[_Tally], first: list[torch.Tensor]) -> list[float]:
+    """One transfer: the tensors ``first`` and the statistics of every attack result not yet checked; raise for a
+    failed result (:func:`~robustlr.evaluation.guards.raise_adversarial`), return the values of ``first``."""
+    waiting = [tally for tally in tallies if tally.pending is not None]
+    parts = [t.reshape(-1).double() for t in first] + [tally.pending[0] for tally in waiting]
+    values = torch.cat(parts).tolist()
+    offset = sum(t.numel() for t in first)
+    for tally in waiting:
+        tally.raise_pending(values[offset:offset + ADVERSARIAL_STATS])
+        offset += ADVERSARIAL_STATS
+    return values[:sum(t.numel() for t in first)]
 
-    def __init__(self, run: AttackRun) -> None:
+
+class _Tally:
+    """Accumulates one run over batches, on the device: per-sample correctness, the sums of ``‖δ‖₂``, ``‖δ‖∞``
+    and (``nuclear``) ``Σ_c ‖δ_c‖_*``, the statistics of the checks of the last batch's result (read with the next
+    batch's checks); time in the attack on the host."""
+
+    def __init__(self, run: AttackRun, nuclear: bool) -> None:
         self.run = run
         self.what = f"attacks[{run.name!r}]" + ("" if run.eps is None else f" at eps={run.eps:g}")
+        self.nuclear = nuclear
         self.correct: list[torch.Tensor] = []
-        self.norm_sums = {"l2": 0.0, "linf": 0.0, "nuc": 0.0}
+        self.norm_sums: torch.Tensor | None = None
+        self.pending: tuple[torch.Tensor, int, int, float | None] | None = None  # stats, batch, n, bound
         self.seconds = 0.0
 
-    def add(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
-        """Attack the batch ``(x, y)``, check what the attack returned and record the outcome."""
+    def add(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int, device: torch.device) -> None:
+        """Attack the batch ``(x, y)`` (the ``index``-th), check the shape and dtype of what the attack returned,
+        and record the outcome and the statistics of its value checks."""
         tic = time.perf_counter()
         x_adv = self.run.attack(x, y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.seconds += time.perf_counter() - tic
-        x_adv = check_adversarial(x_adv, x, self.what, self.run.eps, self.run.norm).to(dtype=x.dtype)
+        x_adv = adversarial_input(x_adv, x, self.what).to(dtype=x.dtype)
         with torch.no_grad():
-            logits = check_logits(model(x_adv), x.shape[0], f"images made by {self.what}")
-            self.correct.append((logits.argmax(dim=1) == y).cpu())
+            logits = check_logits_shape(model(x_adv), x.shape[0])
+            self.correct.append(logits.argmax(dim=1) == y)
+            stats = adversarial_stats(x_adv, x, self.run.norm, self.run.eps, logits)
+            self.pending = (stats, index, x.shape[0], declared_bound(self.run.eps, self.run.norm, x, x_adv))
             delta = x_adv - x
-            sums = torch.stack([per_sample_norm(delta, norm).sum().float() for norm in self.norm_sums]).cpu()
-            for norm, value in zip(self.norm_sums, sums.tolist()):
-                self.norm_sums[norm] += value
+            norms = [per_sample_norm(delta, "l2"), per_sample_norm(delta, "linf")]
+            if self.nuclear:
+                norms.append(torch.linalg.svdvals(delta.float()).sum(dim=(1, 2)))
+            sums = torch.stack([values.sum().double() for values in norms])
+            self.norm_sums = sums if self.norm_sums is None else self.norm_sums + sums
 
-    def result(self, clean_correct: torch.Tensor) -> AttackResult:
-        """The :class:`AttackResult` of all batches added."""
-        correct = torch.cat(self.correct)
+    def raise_pending(self, stats: list[float]) -> None:
+        """Raise for the result not yet checked, given its statistics read to the host; then none is pending."""
+        if self.pending is not None:
+            _, index, n, bound = self.pending
+            self.pending = None
+            raise_adversarial(stats, n, self.what, self.run.eps, self.run.norm, bound, f"of batch {index + 1}")
+
+    def result(self, clean_correct: torch.Tensor, norm_sums: list[float]) -> AttackResult:
+        """The :class:`AttackResult` of all batches added, given the norm sums read to the host."""
+        correct = torch.cat(self.correct).cpu()
         robust = correct & clean_correct
         count = correct.numel()
+        l2, linf, *nuc = norm_sums
         return AttackResult(
             attack=self.run.name,
             eps=self.run.eps,
             kind=self.run.kind,
             attack_repr=repr(self.run.attack),
             robust_accuracy=fraction(robust),
-            mean_l2=self.norm_sums["l2"] / count,
-            mean_linf=self.norm_sums["linf"] / count,
-            mean_nuclear=self.norm_sums["nuc"] / count,
+            mean_l2=l2 / count,
+            mean_linf=linf / count,
+            mean_nuclear=nuc[0] / count if nuc else math.nan,
             seconds=self.seconds,
             correct=correct,
             robust=robust,
@@ -196,14 +256,15 @@ class _Tally:
 
 
 def _clean_pass(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_grad: bool, where: str
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_grad: bool, where: str, tallies: list[_Tally]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Clean logits (checked: shape, finite, labels in range) and, with ``with_grad``, ``∇ₓ`` of the summed
-    cross-entropy (``None`` if the output does not depend on ``x``)."""
-    x_in = x.detach().clone().requires_grad_(with_grad)
+    """Clean logits and, with ``with_grad``, ``∇ₓ`` of the summed cross-entropy (``None`` if the output does not
+    depend on ``x``).  Before the loss is formed, one transfer checks the images, the logits (shape, finite) and
+    the labels (classes of the model), and the attack results of the previous batch (``tallies``)."""
+    x_in = x.detach().requires_grad_(with_grad)
     with torch.set_grad_enabled(with_grad):
-        logits = check_logits(model(x_in), y.shape[0], where)
-        check_labels(logits, y)
+        logits = check_logits_shape(model(x_in), y.shape[0])
+        raise_clean(_check_pending(tallies, [clean_stats(x, logits, y)]), y.shape[0], logits.shape[1], where)
         grad = None
         if with_grad and logits.requires_grad:
             loss = F.cross_entropy(logits.float(), y, reduction="sum")

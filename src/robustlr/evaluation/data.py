@@ -2,7 +2,8 @@
 
 Whatever the source, batches are re-chunked to exactly ``batch_size`` samples (the last one smaller), in the
 source's order, and cut after the first ``n`` samples; every batch is checked to hold finite float images
-``(N, C, H, W)`` with values in ``[0, 1]`` and ``N`` integer labels.
+``(N, C, H, W)`` and ``N`` integer labels (on the host); their values (finite, in ``[0, 1]``) are checked by the
+caller, on the device, with the rest of the batch's checks (:func:`robustlr.evaluation.guards.clean_stats`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Union
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .guards import RANGE_TOL
+from .guards import image_stats, raise_images
 
 __all__ = ["Data", "Batch", "iter_batches", "num_batches", "check_batch"]
 
@@ -33,7 +34,7 @@ def iter_batches(data: Data, batch_size: int, n: int | None) -> tuple[Iterator[B
         source: Iterable = data
         total = _length(data.dataset)
     elif isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = check_batch(data)
+        x, y = check_batch(data, values=False)
         total = x.shape[0]
         source = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, total, batch_size))
     elif isinstance(data, Dataset):
@@ -71,7 +72,7 @@ def _rechunk(source: Iterable, batch_size: int, limit: int | None) -> Iterator[B
     ys: list[torch.Tensor] = []
     held = seen = 0
     for batch in source:
-        x, y = check_batch(batch)
+        x, y = check_batch(batch, values=False)
         if limit is not None:
             x, y = x[: limit - seen], y[: limit - seen]
         seen += x.shape[0]
@@ -91,9 +92,9 @@ def _rechunk(source: Iterable, batch_size: int, limit: int | None) -> Iterator[B
         raise ValueError("data must hold at least one sample, got none")
 
 
-def check_batch(batch: object) -> Batch:
-    """``ValueError`` naming ``data`` unless ``batch`` is ``(x, y)``: float ``(N, C, H, W)`` finite images in
-    ``[0, 1]`` and ``N`` int labels."""
+def check_batch(batch: object, values: bool = True) -> Batch:
+    """``ValueError`` naming ``data`` unless ``batch`` is ``(x, y)``: float ``(N, C, H, W)`` images and ``N`` int
+    labels; with ``values``, also finite images in ``[0, 1]`` (one device-to-host transfer)."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise ValueError(f"data must yield (x, y) pairs, got {type(batch).__name__}")
     x, y = batch
@@ -105,16 +106,11 @@ def check_batch(batch: object) -> Batch:
         raise ValueError(f"data must hold integer labels y of shape (N,), got {got}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"data must have as many labels as images, got x with {x.shape[0]} and y with {y.shape[0]}")
-    if x.numel():
+    if values and x.numel():
         _check_unit_range(x)
     return x, y
 
 
 def _check_unit_range(x: torch.Tensor) -> None:
     """``ValueError`` naming ``data`` unless ``x`` is finite with values in ``[0, 1]`` (one host transfer)."""
-    finite, lo, hi = torch.stack([torch.isfinite(x).all().to(x.dtype), x.min(), x.max()]).float().cpu().tolist()
-    if not finite:
-        raise ValueError("data must hold finite images, got NaN or inf values")
-    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
-        raise ValueError(f"data must hold images with values in [0, 1] (normalisation belongs inside the model: "
-                         f"robustlr.models.Normalize), got values in [{lo:.6g}, {hi:.6g}]")
+    raise_images(*image_stats(x).tolist())

@@ -45,7 +45,8 @@ class AttackResult:
 
     ``robust_accuracy`` counts samples that are clean-correct *and* correct under the attack; the mean
     norms of ``δ = x_adv − x`` are over all ``n`` samples (misclassified ones are attacked too);
-    ``mean_nuclear`` is the per-sample sum over channels of the nuclear norm; ``seconds`` is the wall time
+    ``mean_nuclear`` is the per-sample sum over channels of the nuclear norm, NaN where it was not computed
+    (``evaluate(nuclear=...)``; ``None`` in ``to_dict()``); ``seconds`` is the wall time
     spent inside the attack calls.  ``kind`` is ``"grid"`` (built by ``at_eps``) or ``"fixed"``; ``norm`` is
     the threat model the attack declares (``"linf"``, ``"l2"``, ``None`` if unknown).
     """
@@ -74,7 +75,7 @@ class AttackResult:
             "robust_accuracy": self.robust_accuracy,
             "mean_l2": self.mean_l2,
             "mean_linf": self.mean_linf,
-            "mean_nuclear": self.mean_nuclear,
+            "mean_nuclear": None if math.isnan(self.mean_nuclear) else self.mean_nuclear,
             "seconds": self.seconds,
         }
 

@@ -44,17 +44,19 @@ class RobustnessWarning(UserWarning):
     """A sanity check of a robustness evaluation failed: the numbers may overstate robustness."""
 
 
-def zero_gradient_count(grad: torch.Tensor | None, batch_size: int) -> int:
-    """Samples whose input gradient is exactly zero; ``None`` (the output ignores the input) counts them all."""
+def zero_gradient_count(grad: torch.Tensor | None, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Samples whose input gradient is exactly zero, as a 0-d int64 tensor on ``device`` (not read: the caller
+    sums batches on the device); ``None`` (the output ignores the input) counts them all."""
     if grad is None:
-        return batch_size
-    return int((grad.reshape(grad.shape[0], -1) == 0).all(dim=1).sum())
+        return torch.tensor(batch_size, device=device)
+    return (grad.reshape(grad.shape[0], -1) == 0).all(dim=1).sum()
 
 
-def looks_like_probabilities(logits: torch.Tensor) -> bool:
-    """Whether every row is non-negative and sums to 1 within :data:`PROBABILITY_TOL`."""
+def looks_like_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Whether every row is non-negative and sums to 1 within :data:`PROBABILITY_TOL`, as a 0-d bool tensor on
+    the logits' device (not read: the caller combines batches on the device)."""
     rows = logits.detach().to(torch.float64)
-    return bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() <= PROBABILITY_TOL).all())
+    return (rows >= 0).all() & ((rows.sum(dim=1) - 1).abs() <= PROBABILITY_TOL).all()
 
 
 def sanity_warnings(
