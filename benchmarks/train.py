@@ -3,6 +3,7 @@
   * CondLR epoch time / dense epoch time, LeNet5 at rank fraction 0.2 on Fashion-MNIST
     (same data, batch 128, lr 0.1, momentum 0.3)                                        goal ≤ 1.0
   * low-rank / dense inference latency, VGG16 at rank fraction 0.2 on CIFAR-shaped input goal ≤ 0.6
+  * host round trips per training step (robustlr.profiling.HostSyncs), plain and PGD-adversarial, LeNet5 goal ≤ 1
 
 Run:  python benchmarks/train.py [--device cuda] [--train-images 12000] [--batch 128]
 """
@@ -20,6 +21,11 @@ from common import device_name, interleaved_times
 
 from robustlr.lowrank import CondLR, to_lowrank
 from robustlr.models import create
+from robustlr.profiling import HostSyncs
+from robustlr.train import TrainConfig
+from robustlr.train.adversarial import AdversarialTraining
+from robustlr.train.distributed import Distributed
+from robustlr.train.step import BatchContext, Stepper, identity
 
 
 def epoch_fn(model, opt, x, y, batch):
@@ -67,6 +73,32 @@ def inference_ratio(device: torch.device, batch: int, repeats: int) -> dict:
             "lowrank_vs_dense_inference": t["lowrank"] / t["dense"], "batch": batch}
 
 
+def step_syncs(device: torch.device, steps: tuple[int, ...] = (1, 10)) -> dict:
+    """Host round trips (:class:`robustlr.profiling.HostSyncs`) of ``k`` training steps (``Stepper`` calls, the
+    trainer's step; the loss and accuracy stay on the device until the logging interval's ``settle``) of LeNet5
+    with SGD on batches of 16, for each ``k`` of ``steps`` after one warm-up step: plain (``syncs_plain_<k>``) and
+    adversarial with PGD-10 L∞ inside (``syncs_adv_<k>``); ``syncs_per_training_step`` is the largest count
+    per step (goal ≤ 1)."""
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (16,), device=device)
+    context = BatchContext.whole(16, epoch=1)
+    adversarial = AdversarialTraining(TrainConfig(adv="pgd", adv_steps=10, adv_eps=0.1), 16, (1, 28, 28),
+                                      device, Distributed())
+    rows: dict[str, float] = {}
+    for name, transform in (("plain", identity), ("adv", adversarial)):
+        model = create("lenet5").to(device)
+        step = Stepper(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), transform)
+        step(x, y, context)
+        for k in steps:
+            with HostSyncs() as syncs:
+                for _ in range(k):
+                    step(x, y, context)
+            rows[f"syncs_{name}_{k}"] = syncs.total
+    rows["syncs_per_training_step"] = max(rows[f"syncs_{name}_{k}"] / k for name in ("plain", "adv") for k in steps)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -78,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     print(f"device: {device_name(device)}; torch {torch.__version__}")
     results = {"train": train_ratio(device, args.train_images, args.batch, args.repeats),
-               "inference": inference_ratio(device, args.batch, args.repeats)}
+               "inference": inference_ratio(device, args.batch, args.repeats),
+               "syncs": step_syncs(device)}
     for section, rows in results.items():
         print(f"\n[{section}]")
         for key, value in rows.items():
