@@ -129,3 +129,56 @@ def test_pgd_l2_in_bfloat16_stays_in_budget(cnn, batch):
     x = x.to(torch.bfloat16)
     x_adv = PGD(cnn.to(torch.bfloat16), L2, "l2", steps=5, seed=0)(x, y)
     _assert_budget(x_adv, x, L2, "l2")
+
+
+# --------------------------------------------------------------------------- loss scale
+def _confident_half_model() -> nn.Module:
+    """A float16 linear model sure of class 0: on images labelled 0 the input gradient (≈ 1e-4 · 5e-5 per
+    pixel) underflows float16, on images labelled 1 it does not."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.copy_(1e-4 * torch.sign(torch.randn(10, 64, generator=torch.Generator().manual_seed(0))))
+        model[1].bias.zero_()
+        model[1].bias[0] = 12.0
+    return model.half()
+
+
+def test_loss_scale_lifts_float16_gradients_above_underflow():
+    x = (0.25 + 0.5 * torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))).half()
+    y = torch.tensor([0, 0, 1, 1])
+    model = _confident_half_model()
+    unscaled = FGSM(model, 0.5, "l2", loss_scale=1.0)(x, y)
+    auto = FGSM(model, 0.5, "l2")(x, y)
+    moved = lambda adv: (adv != x).flatten(1).any(dim=1).tolist()
+    assert moved(unscaled) == [False, False, True, True]  # the gradient of the confident samples is 0
+    assert moved(auto) == [True, True, True, True]
+    torch.testing.assert_close(auto[2:], unscaled[2:], rtol=0, atol=2e-3)  # same direction where both see one
+    _assert_budget(auto, x, 0.5, "l2")
+
+
+def test_loss_scale_leaves_float32_attacks_unchanged():
+    model = small_cnn(size=12)
+    x, y = _batch()
+    for make in (lambda s: PGD(model, L2, "l2", steps=3, seed=0, loss_scale=s),
+                 lambda s: LoRaPGD(model, L2, rank=2, steps=3, seed=0, loss_scale=s)):
+        torch.testing.assert_close(make(2.0**12)(x, y), make(None)(x, y), rtol=0, atol=1e-6)
+    assert PGD(model, LINF).loss_scale is None and PGD(model, LINF, loss_scale=8).loss_scale == 8.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan"), 1e39, True, "2"])
+def test_bad_loss_scale_refused(bad):
+    with pytest.raises(ValueError, match="loss_scale must be"):
+        PGD(small_cnn(size=12), LINF, loss_scale=bad)
+
+
+# --------------------------------------------------------------------------- memory layout
+@pytest.mark.parametrize("name", ["pgd-linf", "pgd-l2", "lora-l2", "lora-linf", "rank-pgd-linf", "fgsm"])
+def test_channels_last_in_channels_last_out_equal_to_contiguous(name):
+    model = small_cnn(in_channels=3, size=12)
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(4, 3, 12, 12, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+    plain = ATTACKS[name](model)(x, y)
+    last_x = x.contiguous(memory_format=torch.channels_last)
+    last = ATTACKS[name](model.to(memory_format=torch.channels_last))(last_x, y)
+    assert last.is_contiguous(memory_format=torch.channels_last) and not last.is_contiguous()
+    torch.testing.assert_close(last, plain, rtol=0, atol=1e-6)

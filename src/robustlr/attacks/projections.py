@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..checks import is_integer, is_real
@@ -173,11 +174,19 @@ ball also when measured in float64, and stays below 1e-6, so a float32 result mo
 entry."""
 
 
+_HOST_FLOATS = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+"""The host (numpy) types of the working dtypes, for arithmetic on budgets that reads no tensor."""
+
+
 def _radius_below(eps: float, dtype: torch.dtype) -> float:
-    """The largest number of ``dtype`` that is ``≤ eps`` (``eps`` itself if representable)."""
-    radius = torch.tensor(eps, dtype=torch.float64).to(dtype)
+    """The largest number of ``dtype`` that is ``≤ eps`` (``eps`` itself if representable), computed on the
+    host from numbers (no tensor is read, so no device synchronisation)."""
+    if dtype not in _HOST_FLOATS:
+        raise ValueError(f"delta must be float16, float32 or float64 (the attack's working dtype), got {dtype}")
+    kind = _HOST_FLOATS[dtype]
+    radius = kind(eps)
     if float(radius) > eps:
-        radius = torch.nextafter(radius, torch.zeros_like(radius))
+        radius = np.nextafter(radius, kind(0))
     return float(radius)
 
 
