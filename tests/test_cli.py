@@ -134,7 +134,7 @@ def test_help_lists_every_command_and_option():
         assert command in text
     sub = subprocess.run([sys.executable, "-m", "robustlr", "evaluate", "--help"], capture_output=True, text=True).stdout
     for option in ("--model", "--model-file", "--checkpoint", "--data", "--split", "--n", "--attack", "--eps", "--rank",
-                   "--steps", "--restarts", "--seed", "--batch-size", "--device", "--out", "--config"):
+                   "--steps", "--restarts", "--amp", "--seed", "--batch-size", "--device", "--out", "--config"):
         assert option in sub
 
 
@@ -177,3 +177,36 @@ def test_option_values_are_checked_under_their_option_names_before_any_work(argv
     err = capsys.readouterr().err
     assert err.startswith(f"robustlr: error: {message}") and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_runs_the_model_under_autocast_and_keeps_the_budget(checkpoint, tmp_path, monkeypatch, amp):
+    from robustlr.data import load_dataset
+    from robustlr.models.lenet import LeNet5
+
+    seen = []
+    forward = LeNet5.forward
+
+    def recording(self, x):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), x.dtype))
+        return forward(self, x)
+
+    monkeypatch.setattr(LeNet5, "forward", recording)
+    out = tmp_path / "amp"
+    assert main(["attack", "--checkpoint", str(checkpoint), "--n", "16", "--attack", "pgd-linf", "--attack", "pgd-l2",
+                 "--eps-linf", "0.1", "--eps-l2", "1.0", "--steps", "3", "--amp", amp, "--out", str(out),
+                 "--no-progress"]) == 0
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    # the fit check (one forward before any work) in full precision, then every forward pass of the evaluation
+    # (per norm: the clean pass, 3 attack steps and the final pass on x_adv) under autocast; images stay float32
+    assert seen[0][0] is False and len(seen) == 1 + 2 * 5 and set(seen[1:]) == {(True, dtype, torch.float32)}
+    x = load_dataset("fashion-mnist", "test").images[:16]
+    linf = torch.load(out / "adversarial" / "pgd-linf_eps0.1.pt", weights_only=True)
+    l2 = torch.load(out / "adversarial" / "pgd-l2_eps1.pt", weights_only=True)
+    assert linf.dtype == l2.dtype == torch.float32
+    assert float((linf - x).abs().max()) <= 0.1  # the budget exactly, not within a tolerance
+    assert float((l2 - x).flatten(1).norm(dim=1).max()) <= 1.0 + 1e-6
+    for norm in ("linf", "l2"):
+        doc = json.loads((out / norm / "result.json").read_text())
+        assert doc["extra"]["options"]["amp"] == amp
+        assert f"{amp} autocast" in (out / norm / "report.md").read_text()

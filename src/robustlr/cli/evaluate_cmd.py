@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import io
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
 from ..evaluate import at_eps, evaluate
 from ..files import file_stem
 from ..report import SUMMARY_COLUMNS, atomic_write_bytes, format_table, write_report
+from ..train import AMP_MODES
+from ..train.precision import AMP_DTYPES
 from .options import options_record, add_attack_options, add_data_options, add_model_options, add_run_options
 from .outputs import check_out
 from .plan import plan_attacks
@@ -39,7 +43,8 @@ CONTINUE_HINT = "rerun the command (nothing is resumable: the report is written 
 
 def run(args: argparse.Namespace, save_adversarial: bool) -> int:
     """Check every input (device, output directory, counts, data, model and its fit, attacks and budgets)
-    before any work, then evaluate each threat model and write its report into ``--out``."""
+    before any work, then evaluate each threat model (under :func:`amp_context` of ``--amp``) and write its
+    report into ``--out``; the report's options record ``amp``."""
     device = device_of(args)
     output = check_out(args, args.command)
     check_counts(args)
@@ -53,10 +58,12 @@ def run(args: argparse.Namespace, save_adversarial: bool) -> int:
     for plan in plans:
         if save_adversarial:
             plan.attacks = {name: _wrap(spec, name, recorders) for name, spec in plan.attacks.items()}
-        result = evaluate(model, data, plan.attacks, plan.eps, batch_size=args.batch_size, device=device,
-                          progress=not args.no_progress)
+        with amp_context(args.amp, device):
+            result = evaluate(model, data, plan.attacks, plan.eps, batch_size=args.batch_size, device=device,
+                              progress=not args.no_progress)
         target = out / plan.norm if len(plans) > 1 else out
-        write_report(result, target, title=f"robustlr {args.command}: {args.data} ({plan.norm})",
+        precision = "" if args.amp is None else f", {args.amp} autocast"
+        write_report(result, target, title=f"robustlr {args.command}: {args.data} ({plan.norm}{precision})",
                      extra={"options": options_record(args), "norm": plan.norm})
         print(f"\n{plan.norm}: clean accuracy {result.clean_accuracy:.4f} on n = {result.n}")
         print(format_table(result.rows(), SUMMARY_COLUMNS))
@@ -65,6 +72,14 @@ def run(args: argparse.Namespace, save_adversarial: bool) -> int:
     output.finish()
     print(f"\nreport written to {out}")
     return 0
+
+
+def amp_context(amp: str | None, device: torch.device) -> AbstractContextManager[Any]:
+    """The context of the evaluation under ``--amp``: ``torch.autocast(device.type, AMP_DTYPES[amp])`` (the
+    clean pass and every attack's forward/backward passes run in bfloat16/float16; the attacks keep their own
+    arithmetic in float32 and return images that hold the budget exactly, see
+    :mod:`robustlr.attacks.precision`), or nothing (full precision) without it."""
+    return nullcontext() if amp is None else torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def _wrap(spec, name, recorders):
@@ -91,5 +106,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_model_options(p)
         add_data_options(p)
         add_attack_options(p, DEFAULT_ATTACKS)
+        g = p.add_argument_group("precision")
+        g.add_argument("--amp", metavar="DTYPE", choices=list(AMP_MODES),
+                       help=f"a speed option: run the model's forward and backward passes (clean and attacked) "
+                            f"under autocast to {' or '.join(AMP_MODES)}; the perturbations stay float32 and "
+                            f"within the budget, the accuracies may move slightly (docs/attacks.md); "
+                            f"default: full precision")
         add_run_options(p, command)
         p.set_defaults(handler=lambda a, save=save: run(a, save), continue_hint=CONTINUE_HINT)
