@@ -77,8 +77,8 @@ def write_leading_block(target: Tensor, value: Tensor) -> None:
     block = tuple(slice(0, size) for size in value.shape)
     target[block].copy_(value)
     for dim, size in enumerate(value.shape):
-        rest = (*block[:dim], slice(size, None))
-        target[rest].zero_()
+        if size < target.shape[dim]:
+            target[(*block[:dim], slice(size, None))].zero_()
 
 
 class FactoredLayer(nn.Module, metaclass=abc.ABCMeta):

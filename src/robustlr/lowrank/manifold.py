@@ -14,6 +14,7 @@ half-precision parameters are never decomposed in half precision); results are c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -21,12 +22,17 @@ from torch import Tensor
 from robustlr.checks import is_real
 
 __all__ = [
+    "CHOLESKY_QR_LIMIT",
     "S_PROJECTIONS",
     "condition_projection",
+    "condition_projection_flagged",
     "linalg_dtype",
     "qr_retraction",
+    "eigh_svd",
     "svd",
+    "svd_flagged",
     "tangent_projection",
+    "tangent_retraction",
     "validate_tau",
 ]
 
@@ -66,28 +72,79 @@ def svd(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
     ``torch.linalg.svd`` (LAPACK ``gesdd``) can fail to converge on matrices with many (nearly) repeated
     singular values, which the spectral clamp of CondLR produces by design (everything clipped to the band's
-    edges); observed with MKL on CPU. On that error the SVD is recomputed in float64 from the symmetric
-    eigendecomposition ``xᵀx = Q Λ Qᵀ`` (``σ = √λ``) and ``P = qf(x Q)``, whose columns ``x q_i = σ_i p_i``
-    are orthogonal (for ``σ_i = 0`` the QR completes the basis). Singular values below ``√eps·σ_max`` lose
-    relative accuracy there, which does not matter for the well-conditioned cores this is used on.
-    The same fallback is taken when LAPACK returns NaN/inf for a finite input without raising (seen once in
-    a 20-epoch CondLR run with τ = 0 on a 250×250 core, not reproducible on the saved matrix).
-    Works on batches; the result has the input's dtype.
+    edges); observed with MKL on CPU. On that error the SVD is recomputed by :func:`eigh_svd`. The same
+    fallback is taken when LAPACK returns NaN/inf for a finite input without raising (seen once in a 20-epoch
+    CondLR run with τ = 0 on a 250×250 core, not reproducible on the saved matrix). Works on batches (the
+    fallback replaces only the matrices that need it); the result has the input's dtype. Costs one host read
+    (the flag of :func:`svd_flagged`); CondLR reads the flags of all its layers at once instead.
     """
+    p, sigma, qh, ok = svd_flagged(x)
+    if x.device.type == "meta" or bool(ok.all()):
+        return p, sigma, qh
+    ok = ok | ~torch.isfinite(x).flatten(-2).all(-1)  # nothing to gain for a non-finite input
+    fallback = eigh_svd(x)
+    keep = ok[..., None]
+    return (torch.where(keep[..., None], p, fallback[0]), torch.where(keep, sigma, fallback[1]),
+            torch.where(keep[..., None], qh, fallback[2]))
+
+
+def svd_flagged(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """LAPACK's thin SVD ``x = P diag(σ) Qᴴ`` and a boolean flag per matrix (shape ``x.shape[:-2]``) on the
+    device, without reading the host: the flag is false where the SVD came back with a NaN/inf (the caller
+    then uses :func:`eigh_svd` for it, if the input was finite). A ``LinAlgError`` (raised on the host, no device
+    read involved) is answered with :func:`eigh_svd` at once (flag true)."""
     try:
-        out = torch.linalg.svd(x, full_matrices=False)
-        if x.device.type == "meta" or all(bool(torch.isfinite(t).all()) for t in out) or not bool(torch.isfinite(x).all()):
-            return out
-        raise torch.linalg.LinAlgError("svd returned non-finite values for a finite input")
+        p, sigma, qh = torch.linalg.svd(x, full_matrices=False)
     except torch.linalg.LinAlgError:
-        wide = x.shape[-2] < x.shape[-1]
-        tall = (x.mT if wide else x).to(torch.float64)
-        eigenvalues, q = torch.linalg.eigh(tall.mT @ tall)
-        sigma = eigenvalues.flip(-1).clamp(min=0).sqrt()
-        q = q.flip(-1)
-        p = qr_retraction(tall @ q)
-        p, sigma, q = (t.to(x.dtype) for t in (p, sigma, q))
-        return (q, sigma, p.mT) if wide else (p, sigma, q.mT)
+        p, sigma, qh = eigh_svd(x)
+        return p, sigma, qh, torch.ones(x.shape[:-2], dtype=torch.bool, device=x.device)
+    # the entries of P and Q are at most 1 in magnitude, so their sums are finite exactly when they are
+    vectors = p.sum((-2, -1)) + qh.sum((-2, -1))
+    return p, sigma, qh, torch.isfinite(sigma).all(-1) & torch.isfinite(vectors)
+
+
+def eigh_svd(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD from the float64 symmetric eigendecomposition ``xᵀx = Q Λ Qᵀ`` (``σ = √λ``) and
+    ``P = qf(x Q)``, whose columns ``x q_i = σ_i p_i`` are orthogonal (for ``σ_i = 0`` the QR completes the
+    basis). Singular values below ``√eps·σ_max`` lose relative accuracy, which does not matter for the
+    well-conditioned cores it is used on. Works on batches; the result has the input's dtype."""
+    wide = x.shape[-2] < x.shape[-1]
+    tall = (x.mT if wide else x).to(torch.float64)
+    eigenvalues, q = torch.linalg.eigh(tall.mT @ tall)
+    sigma = eigenvalues.flip(-1).clamp(min=0).sqrt()
+    q = q.flip(-1)
+    p = qr_retraction(tall @ q)
+    p, sigma, q = (t.to(x.dtype) for t in (p, sigma, q))
+    return (q, sigma, p.mT) if wide else (p, sigma, q.mT)
+
+
+#: Largest bound on ``κ(X)²`` for which :func:`tangent_retraction` trusts Cholesky QR, whose loss of
+#: orthogonality is about ``eps·κ(X)²`` (≈ 1e-6 in float32 there).
+CHOLESKY_QR_LIMIT = 10.0
+
+
+def tangent_retraction(x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`qr_retraction` by Cholesky QR, for the well-conditioned ``X = U − Δ`` of an optimiser step
+    (``U`` with orthonormal columns, ``Uᵀ Δ = 0``, so ``XᵀX = I + ΔᵀΔ``), and a flag per matrix saying whether
+    the result can be used.
+
+    With the Cholesky factor ``XᵀX = L Lᵀ`` (``diag(L) > 0``), ``Q = X L⁻ᵀ`` is the sign-fixed QR factor of
+    ``X`` (``R = Lᵀ``), the same matrix as :func:`qr_retraction`'s. Cholesky QR loses about ``eps·κ(X)²`` of
+    orthogonality; ``κ(X)² ≤ ‖XᵀX‖_∞ ‖L⁻ᵀ‖_1 ‖L⁻ᵀ‖_∞`` (``‖A‖₂² ≤ ‖A‖_1‖A‖_∞``; 1 for orthonormal ``X``). The
+    flag (shape ``x.shape[:-2]``, on the device: no host read) is false where the Cholesky failed or that bound
+    exceeds :data:`CHOLESKY_QR_LIMIT` or is not a number (a non-finite ``X``); the caller then uses
+    :func:`qr_retraction` for it. Three products of the size of ``X`` instead of a Householder QR. Shapes
+    ``(..., n, k)`` with ``k ≤ n``.
+    """
+    work = x.to(linalg_dtype(x.dtype))
+    gram = work.mT @ work
+    lower, info = torch.linalg.cholesky_ex(gram)
+    identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    inverse = torch.linalg.solve_triangular(lower.mT, identity, upper=True)
+    q = work @ inverse
+    bound = (torch.linalg.matrix_norm(gram, ord=math.inf) * torch.linalg.matrix_norm(inverse, ord=1)
+             * torch.linalg.matrix_norm(inverse, ord=math.inf))
+    return q.to(x.dtype), (info == 0) & (bound <= CHOLESKY_QR_LIMIT)
 
 
 def tangent_projection(u: Tensor, g: Tensor) -> Tensor:
@@ -99,21 +156,31 @@ def tangent_projection(u: Tensor, g: Tensor) -> Tensor:
     return g - u @ (u.mT @ g)
 
 
-def _scaled_orthogonal(s: Tensor, method: str) -> tuple[Tensor, Tensor]:
+#: An SVD with a flag per matrix, as :func:`svd_flagged`.
+Decomposition = Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+def _checked_svd(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`svd` (fallback already taken), flagged as usable everywhere."""
+    return (*svd(x), torch.ones(x.shape[:-2], dtype=torch.bool, device=x.device))
+
+
+def _scaled_orthogonal(s: Tensor, method: str, decompose: Decomposition) -> tuple[Tensor, Tensor, Tensor]:
     """τ = 0: ``S ← s·Q`` with ``s² = ‖S‖²_F / r`` and ``Q`` the polar factor (``"polar"``) or the sign-fixed
-    QR factor (``"qr"``, the reference code's choice) of ``S``. Returns the matrix and its singular values."""
+    QR factor (``"qr"``, the reference code's choice) of ``S``. Returns the matrix, its singular values and
+    the flag of the SVD (all true for ``"qr"``)."""
     r = s.shape[-1]
     scale = torch.linalg.matrix_norm(s).div(math.sqrt(r))
     if method == "polar":
-        p, _, qh = svd(s)
+        p, _, qh, ok = decompose(s)
         orthogonal = p @ qh
     else:
-        orthogonal = qr_retraction(s)
+        orthogonal, ok = qr_retraction(s), torch.ones(s.shape[:-2], dtype=torch.bool, device=s.device)
     singular_values = scale.unsqueeze(-1).expand(*s.shape[:-2], r)
-    return scale[..., None, None] * orthogonal, singular_values
+    return scale[..., None, None] * orthogonal, singular_values, ok
 
 
-def _clamped_spectrum(s: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+def _clamped_spectrum(s: Tensor, tau: float, decompose: Decomposition) -> tuple[Tensor, Tensor, Tensor]:
     """τ > 0: clamp the singular values of ``S`` into a band ``[ℓ, (1 + τ)ℓ]``.
 
     With ``S = P diag(σ) Qᵀ`` and ``μ = mean(σ)``, the reference band has ``ℓ_ref = μ − e`` with
@@ -126,10 +193,10 @@ def _clamped_spectrum(s: Tensor, tau: float) -> tuple[Tensor, Tensor]:
       shifted to the nearest one that does when the reference band would clip only one end needlessly.
 
     The map gives ``κ ≤ 1 + τ``, is idempotent and is continuous on nonsingular ``S`` (at the feasibility
-    boundary the band is ``[σ_min, σ_max]`` and the clamp is the identity). Returns the matrix and its
-    singular values (in descending order).
+    boundary the band is ``[σ_min, σ_max]`` and the clamp is the identity). Returns the matrix, its
+    singular values (in descending order) and the flag of the SVD.
     """
-    p, sigma, qh = svd(s)
+    p, sigma, qh, ok = decompose(s)
     mean = sigma.mean(dim=-1, keepdim=True)
     reference_low = 2.0 * mean / (2.0 + tau)
     smallest = sigma[..., -1:]
@@ -140,7 +207,7 @@ def _clamped_spectrum(s: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     clamped = torch.clamp(sigma, min=low, max=(1.0 + tau) * low)
     feasible = largest_over <= smallest
     projected = (p * clamped.unsqueeze(-2)) @ qh
-    return torch.where(feasible.unsqueeze(-1), s, projected), torch.where(feasible, sigma, clamped)
+    return torch.where(feasible.unsqueeze(-1), s, projected), torch.where(feasible, sigma, clamped), ok
 
 
 def condition_projection(s: Tensor, tau: float, method: str = "polar") -> tuple[Tensor, Tensor]:
@@ -155,13 +222,30 @@ def condition_projection(s: Tensor, tau: float, method: str = "polar") -> tuple[
       unchanged (the reference band would move some of them). ``method`` is not used.
 
     Both maps are idempotent. Returns ``(S_projected, singular values of S_projected)``, the latter in
-    descending order with shape ``(..., r)``; the optimiser uses them for its gradient scale.
+    descending order with shape ``(..., r)``; the optimiser uses them for its gradient scale. One host read
+    (the SVD's flag, see :func:`svd`); :func:`condition_projection_flagged` makes none.
     """
+    projected, sigma, ok = condition_projection_flagged(s, tau, method)
+    if s.device.type == "meta" or bool(ok.all()):
+        return projected, sigma
+    work = s.to(linalg_dtype(s.dtype))
+    projected, sigma, _ = _projection(work, validate_tau(tau), method, _checked_svd)
+    return projected.to(s.dtype), sigma
+
+
+def _projection(work: Tensor, tau: float, method: str, decompose: Decomposition) -> tuple[Tensor, Tensor, Tensor]:
+    """The map of :func:`condition_projection` for this ``tau`` (validated), with the SVD ``decompose``."""
+    return _scaled_orthogonal(work, method, decompose) if tau == 0 else _clamped_spectrum(work, tau, decompose)
+
+
+def condition_projection_flagged(s: Tensor, tau: float, method: str = "polar") -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`condition_projection` without a host read: returns ``(S_projected, σ, ok)`` where ``ok`` (shape
+    ``s.shape[:-2]``, on the device) is false for the matrices whose LAPACK SVD came back non-finite; the
+    caller recomputes those with :func:`condition_projection`."""
     tau = validate_tau(tau)
     if method not in S_PROJECTIONS:
         raise ValueError(f"method must be one of {S_PROJECTIONS}; got {method!r}")
     if s.ndim < 2 or s.shape[-1] != s.shape[-2]:
         raise ValueError(f"S must be a (batch of) square matrices; got shape {tuple(s.shape)}")
-    work = s.to(linalg_dtype(s.dtype))
-    projected, sigma = _scaled_orthogonal(work, method) if tau == 0 else _clamped_spectrum(work, tau)
-    return projected.to(s.dtype), sigma
+    projected, sigma, ok = _projection(s.to(linalg_dtype(s.dtype)), tau, method, svd_flagged)
+    return projected.to(s.dtype), sigma, ok

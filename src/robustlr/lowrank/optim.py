@@ -7,7 +7,9 @@ orthonormal constraints", NeurIPS 2023 (arXiv 2306.01485). Its rank-adaptive opt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,10 +22,13 @@ from robustlr.lowrank.layers import LowRankLayer, write_leading_block
 from robustlr.lowrank.manifold import (
     S_PROJECTIONS,
     condition_projection,
+    condition_projection_flagged,
     linalg_dtype,
     qr_retraction,
     svd,
+    svd_flagged,
     tangent_projection,
+    tangent_retraction,
     validate_tau,
 )
 
@@ -67,9 +72,11 @@ def check_finite_gradients(optimizer: Optimizer, names: Mapping[Tensor, str]) ->
     """Raise ``ValueError`` naming the first parameter whose gradient holds a NaN or an infinity, before the
     step changes anything.
 
-    One fused check: a flag per gradient, stacked, read once (a single device-to-host transfer per step); the
-    offending parameter is looked for only when the check fails. ``names`` maps parameters to their names in
-    the model (others are named by their place in ``param_groups``).
+    One fused check and one host read per step: the 2-norms of all gradients (one foreach kernel; a NaN or an
+    infinity makes its gradient's norm non-finite), stacked and tested together. Only when that fails are the
+    gradients looked at one by one, which also tells a finite gradient whose norm overflowed (not refused)
+    from a non-finite one. ``names`` maps parameters to their names in the model (others are named by their
+    place in ``param_groups``).
     """
     places = [
         (p, f"param_groups[{i}]['params'][{j}]")
@@ -80,23 +87,28 @@ def check_finite_gradients(optimizer: Optimizer, names: Mapping[Tensor, str]) ->
     if not places:
         return
     device = places[0][0].grad.device
-    flags = torch.stack([torch.isfinite(p.grad).all().to(device) for p, _ in places])
-    if bool(flags.all()):
+    norms = torch._foreach_norm([p.grad for p, _ in places])
+    if bool(torch.isfinite(torch.stack([n.to(device, torch.float32) for n in norms])).all()):
         return
-    p, place = places[int((~flags).nonzero()[0, 0])]
-    grad = p.grad
-    nan, inf = int(torch.isnan(grad).sum()), int(torch.isinf(grad).sum())
-    raise ValueError(
-        f"{type(optimizer).__name__}.step refused: the gradient of {names.get(p, place)!r} (shape {tuple(p.shape)}) "
-        f"has {nan} NaN and {inf} infinite entries of {grad.numel()}; no parameter and no optimiser state was "
-        "changed. The loss probably overflowed: lower lr, or use a gradient scaler (amp='fp16')"
-    )
+    for p, place in places:
+        grad = p.grad
+        if not bool(torch.isfinite(grad).all()):
+            nan, inf = int(torch.isnan(grad).sum()), int(torch.isinf(grad).sum())
+            raise ValueError(
+                f"{type(optimizer).__name__}.step refused: the gradient of {names.get(p, place)!r} (shape "
+                f"{tuple(p.shape)}) has {nan} NaN and {inf} infinite entries of {grad.numel()}; no parameter and "
+                "no optimiser state was changed. The loss probably overflowed: lower lr, or use a gradient "
+                "scaler (amp='fp16')"
+            )
 
 
-def _precondition(s: Tensor, d_u: Tensor, d_v: Tensor) -> tuple[Tensor, Tensor]:
-    """``d_U (S Sᵀ)⁺`` and ``d_V (Sᵀ S)⁺`` from the SVD ``S = P Σ Qᵀ``: ``(SSᵀ)⁺ = P Σ⁻² Pᵀ``,
-    ``(SᵀS)⁺ = Q Σ⁻² Qᵀ``, with singular values below ``r·eps·σ_max`` treated as zero."""
-    p, sigma, qh = svd(s.to(linalg_dtype(s.dtype)))
+def _precondition(
+    decomposition: tuple[Tensor, Tensor, Tensor], d_u: Tensor, d_v: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``d_U (S Sᵀ)⁺`` and ``d_V (Sᵀ S)⁺`` from the SVD ``S = P Σ Qᵀ`` (``decomposition``, in the linear
+    algebra dtype): ``(SSᵀ)⁺ = P Σ⁻² Pᵀ``, ``(SᵀS)⁺ = Q Σ⁻² Qᵀ``, with singular values below
+    ``r·eps·σ_max`` treated as zero."""
+    p, sigma, qh = decomposition
     tolerance = sigma[:1] * sigma.numel() * torch.finfo(sigma.dtype).eps
     inverse_square = torch.where(sigma > tolerance, sigma.pow(-2), torch.zeros_like(sigma))
     new_u = ((d_u.to(p.dtype) @ p) * inverse_square) @ p.mT
@@ -104,20 +116,67 @@ def _precondition(s: Tensor, d_u: Tensor, d_v: Tensor) -> tuple[Tensor, Tensor]:
     return new_u.to(d_u.dtype), new_v.to(d_v.dtype)
 
 
-def _momentum_direction(optimizer: Optimizer, p: Tensor, group: dict[str, Any]) -> Tensor:
-    """SGD direction ``d = grad + wd·p``, then heavy ball ``buf ← μ buf + d`` (no dampening), ``d = buf``."""
-    d = p.grad
-    if group["weight_decay"]:
-        d = d.add(p, alpha=group["weight_decay"])
-    if group["momentum"]:
-        state = optimizer.state[p]
-        buffer = state.get("momentum_buffer")
-        if buffer is None:
-            buffer = state["momentum_buffer"] = d.detach().clone()
-        else:
-            buffer.mul_(group["momentum"]).add_(d)
-        d = buffer
-    return d
+def _add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Tensor) -> None:
+    """``t ← t + scale·x`` for every pair, in one foreach call (a tensor ``scale`` is never read on the host)."""
+    if isinstance(scale, Tensor):
+        torch._foreach_add_(targets, torch._foreach_mul(tensors, scale))
+    else:
+        torch._foreach_add_(targets, tensors, alpha=scale)
+
+
+def _momentum_directions(optimizer: Optimizer, params: list[Tensor], group: dict[str, Any]) -> list[Tensor]:
+    """SGD directions ``d = grad + wd·p``, then heavy ball ``buf ← μ buf + d`` (no dampening), ``d = buf``, for
+    the parameters of one group (foreach calls; the first step's buffer is a copy of ``d``)."""
+    grads = [p.grad for p in params]
+    decay, momentum = group["weight_decay"], group["momentum"]
+    if isinstance(decay, Tensor) or decay != 0:
+        grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
+    if not isinstance(momentum, Tensor) and momentum == 0:
+        return grads
+    states = [optimizer.state[p] for p in params]
+    old = [(state["momentum_buffer"], d) for state, d in zip(states, grads) if "momentum_buffer" in state]
+    if old:
+        buffers = [buffer for buffer, _ in old]
+        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_add_(buffers, [d for _, d in old])
+    for state, d in zip(states, grads):
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = d.detach().clone()
+    return [state["momentum_buffer"] for state in states]
+
+
+@dataclass
+class _Proposal:
+    """One fixed-rank layer's step, directions processed (steps 1–2), before its retraction (steps 3–4)."""
+
+    layer: LowRankLayer
+    factors: tuple[Tensor, Tensor, Tensor]
+    directions: tuple[Tensor, Tensor, Tensor]
+    lrs: tuple[float | Tensor, float | Tensor, float | Tensor]
+    hyper: dict[str, Any]
+
+
+def _grouped(
+    fn: Callable[[Tensor, Hashable], tuple[Tensor, ...]],
+    matrices: Sequence[Tensor],
+    keys: Sequence[Hashable],
+    batched: bool | None,
+) -> list[tuple[Tensor, ...]]:
+    """``fn(x, key)`` for every matrix; batched (``None``: on CUDA devices), the matrices of equal key, shape,
+    dtype and device are stacked into one call and its results unstacked (``fn`` must work on batches)."""
+    results: list[tuple[Tensor, ...] | None] = [None] * len(matrices)
+    buckets: dict[Hashable, list[int]] = defaultdict(list)
+    for i, (x, key) in enumerate(zip(matrices, keys)):
+        stack = batched if batched is not None else x.device.type == "cuda"
+        buckets[(key, x.shape, x.dtype, x.device, i if not stack else -1)].append(i)
+    for (key, *_), indices in buckets.items():
+        if len(indices) == 1:
+            results[indices[0]] = fn(matrices[indices[0]], key)
+            continue
+        out = fn(torch.stack([matrices[i] for i in indices]), key)
+        for j, i in enumerate(indices):
+            results[i] = tuple(t[j] for t in out)
+    return results  # type: ignore[return-value]
 
 
 def _check_condlr_keys(prefix: str, group: dict[str, Any]) -> None:
@@ -174,14 +233,19 @@ class CondLR(Optimizer):
             ``max_rank`` capacity. Use it with ``grad_scale="exact"``: then the new directions enter the core
             with the magnitude of the tangent gradient, as in DLRT; ``"reference"`` shrinks them by ``σ²``.
         adapt_every: with ``theta``, adapt the rank on every ``adapt_every``-th step of each layer.
+        batched: ``True`` stacks layers of equal shapes into batched Cholesky-QR/SVD calls, ``False`` runs them
+            layer by layer, ``None`` (default) chooses by device: batched on CUDA (one call per shape instead of
+            one per layer; not measured here, no GPU was available), per layer elsewhere. The two agree to
+            rounding (1e-6 in float32). On one CPU thread, WRN-16-4 at rank 0.2, batched measured 0.86–0.94×
+            the per-layer time on a shared, loaded machine (``benchmarks/condlr_step.py``): close to even.
 
     Every low-rank layer whose ``U``, ``S``, ``V`` are all in the optimiser is constrained; all other
     parameters (biases, BatchNorm, dense layers, vanilla factors) get plain SGD with momentum. The layer
     structure is kept by parameter identity, so ``state_dict``/``load_state_dict`` round-trip exactly.
     Per-layer state lives with ``S``: ``step`` (int) and, for ``"reference"``, ``grad_scale`` (``c``).
-    Linear algebra runs in float32 (float64 for float64 parameters), layer by layer: stacking layers of equal
-    shapes into batched QR/SVD calls was measured 0.7–0.9× as fast on CPU (the stacking copies cost more
-    than the per-call overhead saved).
+    Linear algebra runs in float32 (float64 for float64 parameters). A step reads the host twice, whatever the
+    number of layers: the fused finiteness check of the gradients, and one flag for all its decompositions
+    (see :meth:`_retract`); a rank-adaptive step also reads each adapting layer's new rank.
     """
 
     def __init__(
@@ -197,7 +261,11 @@ class CondLR(Optimizer):
         model: nn.Module | None = None,
         theta: float | None = None,
         adapt_every: int = 1,
+        batched: bool | None = None,
     ) -> None:
+        if batched is not None and not isinstance(batched, bool):
+            raise ValueError(f"batched must be None (by device: batched on CUDA), True or False; got {batched!r}")
+        self._batched = batched
         if isinstance(params, nn.Module):
             if model is not None and model is not params:
                 raise ValueError("model must be omitted (or the same module) when params is a module")
@@ -281,65 +349,135 @@ class CondLR(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        check_finite_gradients(self, self._names)
+        check_finite_gradients(self, self._names)  # host read 1
+        directions, group_of = self._directions()
+        proposals = []
+        for layer in self._layers:
+            factors = (layer.U, layer.S, layer.V)
+            if not any(p in directions for p in factors):
+                continue
+            groups = tuple(group_of[p] for p in factors)
+            hyper = groups[1]
+            state = self.state[layer.S]
+            state["step"] = state.get("step", 0) + 1
+            d_u, d_s, d_v = self._processed_directions(
+                layer, hyper, tuple(directions.get(p, torch.zeros_like(p)) for p in factors)
+            )
+            lrs = tuple(group["lr"] for group in groups)
+            if hyper["theta"] is not None and state["step"] % hyper["adapt_every"] == 0:
+                self._adapt_layer(layer, hyper, lrs, (d_u, d_s, d_v))
+            else:
+                proposals.append(_Proposal(layer, layer.factors(), (d_u, d_s, d_v), lrs, hyper))
+        self._retract(proposals)
+        return loss
+
+    def _directions(self) -> tuple[dict[Tensor, Tensor], dict[Tensor, dict[str, Any]]]:
+        """Step 1 for every parameter with a gradient, and step 3 for those outside the low-rank layers; returns
+        the directions of the factors and the group of every parameter."""
         factor_params = {p for layer in self._layers for p in (layer.U, layer.S, layer.V)}
         group_of: dict[Tensor, dict[str, Any]] = {}
         directions: dict[Tensor, Tensor] = {}
         for group in self.param_groups:
-            for p in group["params"]:
-                group_of[p] = group
-                if p.grad is None:
-                    continue
-                d = _momentum_direction(self, p, group)
-                if p in factor_params:
-                    directions[p] = d
-                else:
-                    p.add_(d, alpha=-group["lr"])
-        for layer in self._layers:
-            factors = (layer.U, layer.S, layer.V)
-            if any(p in directions for p in factors):
-                self._update_layer(
-                    layer,
-                    tuple(group_of[p] for p in factors),
-                    tuple(directions.get(p, torch.zeros_like(p)) for p in factors),
-                )
-        return loss
+            group_of.update((p, group) for p in group["params"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            moves = _momentum_directions(self, params, group)
+            plain = [(p, d) for p, d in zip(params, moves) if p not in factor_params]
+            if plain:
+                _add_scaled_([p for p, _ in plain], [d for _, d in plain], -group["lr"])
+            directions.update((p, d) for p, d in zip(params, moves) if p in factor_params)
+        return directions, group_of
 
-    def _update_layer(
-        self, layer: LowRankLayer, groups: tuple[dict[str, Any], ...], directions: tuple[Tensor, ...]
-    ) -> None:
-        """Steps 2–4 of the class docstring for one layer; its tau/grad_scale/theta come from S's group."""
-        hyper = groups[1]
-        state = self.state[layer.S]
-        state["step"] = state.get("step", 0) + 1
-        u, s, v = layer.factors()
+    def _processed_directions(
+        self, layer: LowRankLayer, hyper: dict[str, Any], directions: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Step 2 of the class docstring for one layer (the ``"exact"`` preconditioner comes later, in
+        :meth:`_retract`); the momentum buffers of ``U`` and ``V`` get the processed directions."""
+        u, _, v = layer.factors()
         r = layer.rank
         d_u = tangent_projection(u, directions[0][:, :r])
         d_s = directions[1][:r, :r]
         d_v = tangent_projection(v, directions[2][:, :r])
         if hyper["grad_scale"] == "reference":
-            scale = state.get("grad_scale", 1.0)
+            scale = self.state[layer.S].get("grad_scale", 1.0)
             d_u, d_v = d_u * scale, d_v * scale
         for p, d in ((layer.U, d_u), (layer.V, d_v)):
             buffer = self.state[p].get("momentum_buffer")
             if buffer is not None:
                 buffer[:, :r].copy_(d)
+        return d_u, d_s, d_v
+
+    def _retract(self, proposals: list[_Proposal]) -> None:
+        """Steps 3–4 of the fixed-rank layers, without a host read per layer.
+
+        The decompositions run grouped (:func:`_grouped`: layers of equal shapes in one batched call when
+        ``batched``, by default on CUDA), the retraction by Cholesky QR
+        (:func:`~robustlr.lowrank.manifold.tangent_retraction`) and the SVDs unchecked
+        (:func:`~robustlr.lowrank.manifold.svd_flagged`); their flags are read once for the whole step
+        (host read 2). A layer with a false flag (an SVD that came back non-finite, an ill-conditioned or failed
+        Cholesky) is recomputed by :meth:`_checked_step` before anything is written.
+        """
+        if not proposals:
+            return
+        exact = [p for p in proposals if p.hyper["grad_scale"] == "exact"]
+        cores = [p.factors[1].to(linalg_dtype(p.factors[1].dtype)) for p in exact]
+        decompositions = dict(zip(map(id, exact), _grouped(lambda x, _: svd_flagged(x), cores, [None] * len(cores),
+                                                           self._batched)))
+        bases, cores, core_keys = [], [], []
+        for p in proposals:
+            d_u, d_s, d_v = p.directions
+            if id(p) in decompositions:
+                *decomposition, _ = decompositions[id(p)]
+                d_u, d_v = _precondition(tuple(decomposition), d_u, d_v)
+            (u, s, v), (lr_u, lr_s, lr_v) = p.factors, p.lrs
+            bases += [u - lr_u * d_u, v - lr_v * d_v]
+            cores.append(s - lr_s * d_s)
+            core_keys.append((p.hyper["tau"], p.hyper["s_projection"]))
+        retracted = _grouped(lambda x, _: tangent_retraction(x), bases, [None] * len(bases), self._batched)
+        projected = _grouped(lambda x, key: condition_projection_flagged(x, *key), cores, core_keys, self._batched)
+        flags = []
+        for i, p in enumerate(proposals):
+            parts = [retracted[2 * i][1], retracted[2 * i + 1][1], projected[i][2]]
+            if id(p) in decompositions:
+                parts.append(decompositions[id(p)][3])
+            flags.append(torch.stack(parts).all())
+        usable = torch.stack(flags)
+        redo = [False] * len(proposals) if bool(usable.all()) else (~usable).tolist()  # host read 2
+        for p, (u1, _), (v1, _), (s1, sigma, _), again in zip(
+            proposals, retracted[::2], retracted[1::2], projected, redo
+        ):
+            if again:
+                u1, s1, v1, sigma = self._checked_step(p)
+            p.layer.set_factors(u1, s1, v1)
+            if p.hyper["grad_scale"] == "reference":
+                self.state[p.layer.S]["grad_scale"] = (sigma[-1] / sigma[0]).square().to(s1.dtype)
+
+    @staticmethod
+    def _checked_step(p: _Proposal) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Steps 3–4 of one layer with the checked decompositions (Householder QR, SVD with its fallback)."""
+        (u, s, v), (d_u, d_s, d_v), (lr_u, lr_s, lr_v) = p.factors, p.directions, p.lrs
+        if p.hyper["grad_scale"] == "exact":
+            d_u, d_v = _precondition(svd(s.to(linalg_dtype(s.dtype))), d_u, d_v)
+        s1, sigma = condition_projection(s - lr_s * d_s, p.hyper["tau"], p.hyper["s_projection"])
+        return qr_retraction(u - lr_u * d_u), s1, qr_retraction(v - lr_v * d_v), sigma
+
+    def _adapt_layer(
+        self, layer: LowRankLayer, hyper: dict[str, Any], lrs: tuple, directions: tuple[Tensor, Tensor, Tensor]
+    ) -> None:
+        """Steps 3–4 of a rank-adaptive step (:func:`~robustlr.lowrank.adaptive.augmented_update`). The new rank
+        is a shape, so this reads the host (once per adapting layer, on its adapting steps only)."""
+        u, s, v = layer.factors()
+        d_u, d_s, d_v = directions
         if hyper["grad_scale"] == "exact":
-            d_u, d_v = _precondition(s, d_u, d_v)
-        lr_u, lr_s, lr_v = (group["lr"] for group in groups)
-        adapt = hyper["theta"] is not None and state["step"] % hyper["adapt_every"] == 0
-        if adapt:
-            u1, s1, v1 = augmented_update(
-                u, s, v, lr_u * d_u, lr_s * d_s, lr_v * d_v, hyper["theta"], layer.max_rank
-            )
-        else:
-            u1, s1, v1 = qr_retraction(u - lr_u * d_u), s - lr_s * d_s, qr_retraction(v - lr_v * d_v)
+            d_u, d_v = _precondition(svd(s.to(linalg_dtype(s.dtype))), d_u, d_v)
+        lr_u, lr_s, lr_v = lrs
+        u1, s1, v1 = augmented_update(u, s, v, lr_u * d_u, lr_s * d_s, lr_v * d_v, hyper["theta"], layer.max_rank)
         s1, sigma = condition_projection(s1, hyper["tau"], hyper["s_projection"])
-        if adapt:
-            self._transport_buffers(layer, u1, v1)
+        self._transport_buffers(layer, u1, v1)
         layer.set_factors(u1, s1, v1)
         if hyper["grad_scale"] == "reference":
-            state["grad_scale"] = (sigma[-1] / sigma[0]).square().to(s1.dtype)
+            self.state[layer.S]["grad_scale"] = (sigma[-1] / sigma[0]).square().to(s1.dtype)
 
     def _transport_buffers(self, layer: LowRankLayer, u1: Tensor, v1: Tensor) -> None:
         """Before a rank-adaptive update is written, re-express the momentum buffers in the new bases."""
