@@ -26,7 +26,7 @@ from robustlr.attacks import build_attack
 from robustlr.lowrank.layers import LowRankLayer
 from robustlr.train import ReplicaDivergenceError, TrainConfig, launch, load_trained, train
 from robustlr.train.distributed import Distributed
-from robustlr.train.replicas import check_in_sync, parameter_digests
+from robustlr.train.replicas import check_in_sync
 from robustlr.train.sharded_eval import merge_evaluations
 
 TIMEOUT = 300
@@ -124,12 +124,12 @@ def _diverge_on_rank_1(seed: int) -> int:
     try:
         torch.manual_seed(seed)
         model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-        check_in_sync(group.gather(parameter_digests(model)), "at the start")
+        check_in_sync(model, group, "at the start")
         if group.rank == 1:
             with torch.no_grad():
                 model[1].weight[0, 0] += 1e-7
         try:
-            check_in_sync(group.gather(parameter_digests(model)), "after the nudge")
+            check_in_sync(model, group, "after the nudge")
         except ReplicaDivergenceError as error:
             return 0 if "rank 1: 1.weight" in str(error) and "after the nudge" in str(error) else 3
         return 4

@@ -2,9 +2,9 @@
 rebuilding a trained model from its checkpoint.
 
 ``resume.pt`` holds everything an exact continuation needs: the config, the model, optimiser (CondLR state
-included) and scheduler state dicts, the global torch RNG state of every process (dropout; CUDA states too
-when CUDA is available), the number of processes, the loop counters (completed epochs, batches done in the
-current epoch and that epoch's running sums), the best validation score so far, the metrics history, and the
+included) and scheduler state dicts, the global torch RNG state of every process (dropout; on a CUDA run also
+the state of the process's own GPU, never of the others), the number of processes, the loop counters
+(completed epochs, batches done in the current epoch and that epoch's running sums), the best validation score so far, the metrics history, and the
 ``extra`` states: the warm-start bank of adversarial training and the float16 gradient scaler. The data order
 and the adversarial examples need no state: they are drawn from seeds derived from ``(seed, epoch, batch)``.
 In a distributed run rank 0 writes the file and every process restores it. Every file is written atomically.
@@ -94,18 +94,37 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's global torch RNG states (CPU, and every CUDA device when CUDA is available)."""
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's global torch RNG states: the CPU's, and (``cuda_device``) the state of its own CUDA device
+    when ``device`` is one (``None`` otherwise). Only that device is touched: asking every GPU for its state
+    (``get_rng_state_all``) would open a CUDA context on every GPU from every process."""
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda_device": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore :func:`rng_state` on ``device``. Files of earlier versions hold ``cuda``, the list of the states of
+    every GPU (empty on a machine without CUDA): the entry of ``device``'s index is restored.
+
+    Raises:
+        ValueError: if such a list holds states but none for ``device`` (written on a machine with fewer GPUs).
+    """
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type != "cuda":
+        return
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if "cuda_device" in state:
+        cuda = state["cuda_device"]
+    else:  # an earlier version's list of every GPU's state
+        every = state["cuda"]
+        if every and index >= len(every):
+            raise ValueError(f"resume: the stored CUDA RNG states cover {len(every)} GPU(s) per process, so "
+                             f"there is none for {device}; resume on a device among cuda:0..cuda:{len(every) - 1}")
+        cuda = every[index] if every else None
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_resume(
@@ -160,14 +179,19 @@ def read_resume(path: Path) -> dict[str, Any]:
 
 
 def restore(
-    payload: dict[str, Any], model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler, rank: int = 0
+    payload: dict[str, Any], model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler, rank: int = 0,
+    device: torch.device = torch.device("cpu"),
 ) -> TrainState:
-    """Load a :func:`read_resume` payload into freshly built objects, set process ``rank``'s RNG states, return
-    the progress."""
+    """Load a :func:`read_resume` payload into freshly built objects, set process ``rank``'s RNG states (the
+    CUDA one on ``device``, this process's device), return the progress.
+
+    Raises:
+        ValueError: if the stored CUDA RNG states have none for ``device`` (see :func:`_set_rng_state`).
+    """
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    _set_rng_state(payload["rng"][rank])
+    _set_rng_state(payload["rng"][rank], device)
     progress = dict(payload["progress"])
     progress["tally"] = Tally(**progress["tally"])
     return TrainState(**progress)

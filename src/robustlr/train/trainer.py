@@ -49,7 +49,7 @@ from .final_eval import evaluate_trained
 from .methods import build_model, build_optimizer, build_scheduler, model_args_for
 from .metrics_log import model_diagnostics, write_metrics
 from .precision import Precision
-from .replicas import broadcast_buffers, broadcast_lowrank_state, check_in_sync, model_digest, parameter_digests
+from .replicas import broadcast_buffers, broadcast_lowrank_state, check_in_sync
 from .signals import StopSignals, TrainingInterrupted, signal_name
 from .step import BatchTransform, NonFiniteLossError, Stepper, Tally, identity
 from .summary import run_summary
@@ -142,7 +142,8 @@ class _Run:
         if config.adv is not None:
             self.adversarial = AdversarialTraining(config, len(self.data.train), self.data.train.image_shape,
                                                    self.device, self.group)
-        self.transform: BatchTransform = self.adversarial or batch_transform or identity
+        # a process that finds its shard bad (the attack's input checks) makes every process raise, not hang
+        self.transform: BatchTransform = group.agreed(self.adversarial or batch_transform or identity)
         self.state = TrainState()
 
     # ----------------------------------------------------------------------------------------- start / resume
@@ -179,7 +180,7 @@ class _Run:
         if self.config.epochs < completed:
             raise ValueError(f"epochs must be >= {completed}, the epochs already completed in "
                              f"{str(self.paths.out)!r}, to resume; got {self.config.epochs}")
-        self.state = restore(payload, self.model, self.optimizer, self.scheduler, self.group.rank)
+        self.state = restore(payload, self.model, self.optimizer, self.scheduler, self.group.rank, self.device)
         self.precision.load_state_dict(payload["extra"]["scaler"])
         if self.adversarial is not None:
             self.adversarial.load_state_dict(payload["extra"]["adversarial"])
@@ -192,7 +193,7 @@ class _Run:
 
     def _save_resume(self) -> None:
         """Write ``resume.pt`` (rank 0), with the RNG states of every process: a collective call."""
-        rng = self.group.gather(rng_state())
+        rng = self.group.gather(rng_state(self.device))
         if self.group.is_main:
             extra = {"adversarial": {} if self.adversarial is None else self.adversarial.state_dict(),
                      "scaler": self.precision.state_dict()}
@@ -246,11 +247,9 @@ class _Run:
 
     def _check_replicas(self, epoch: int) -> str:
         """Give every process rank 0's buffers, check that all hold the same parameters, return their digest."""
-        digests = parameter_digests(self.model)
         if self.group.enabled:
             broadcast_buffers(self.model, self.group)
-            check_in_sync(self.group.gather(digests), f"after epoch {epoch}")
-        return model_digest(digests)
+        return check_in_sync(self.model, self.group, f"after epoch {epoch}")
 
     def _finish_epoch(self, epoch: int) -> None:
         """Validate, log, and checkpoint (best, last, metrics, then the resumable state)."""
@@ -395,7 +394,8 @@ def train(
                          f"transform); got adv={config.adv!r} and a batch_transform")
     group = Distributed.from_env(_device(config))
     try:
-        run = _Run(config, progress, batch_transform, group)
+        with group.raise_on_all():  # data and settings each process checks by itself (no collectives inside)
+            run = _Run(config, progress, batch_transform, group)
         if resume:
             run.resume()
         else:

@@ -11,7 +11,9 @@ perturbation across epochs and the next attack on that sample starts from it.
   step grows ``‖U‖²`` by one, which would otherwise shrink the steps epoch after epoch).
 
 A sample not attacked yet starts as the attack would without a bank (random start, or the ``lora`` init).
-The bank's tensors live on the training device and are part of ``resume.pt``.
+The bank's tensors live on the training device and are part of ``resume.pt``. In a distributed run every
+process stores the rows of all shards (:meth:`PerturbationBank.store_all`: tensor collectives on the device,
+no pickling), so all hold the same bank as a single process.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from torch import Tensor, nn
 from robustlr.attacks import PGD, LoRaPGD
 from robustlr.attacks.projections import clip_unit, normalize_per_sample
 
+from .distributed import Distributed
+
 __all__ = ["PerturbationBank", "WarmStartLoRaPGD", "WarmStartPGD"]
 
 
@@ -36,6 +40,10 @@ class PerturbationBank:
     """Per-sample tensors of ``shapes`` (one tensor per entry: ``[(C, H, W)]`` for PGD, ``[(C, H, r), (C, r, W)]``
     for LoRa-PGD) for ``size`` samples, with a mask of the samples stored so far.
 
+    The storage has one more row, index ``size``, that is never read: :meth:`store_all` sends the padding of the
+    gathered rows there, so that it needs no host read to drop them. ``tensors`` and ``known`` are views of the
+    first ``size`` rows.
+
     Args:
         size: the number of training samples.
         shapes: per-sample shape of each stored tensor.
@@ -45,8 +53,10 @@ class PerturbationBank:
 
     def __init__(self, size: int, shapes: list[tuple[int, ...]], full_shape: tuple[int, ...],
                  device: torch.device) -> None:
-        self.tensors = [torch.zeros((size, *shape), device=device) for shape in shapes]
-        self.known = torch.zeros(size, dtype=torch.bool, device=device)
+        self._storage = [torch.zeros((size + 1, *shape), device=device) for shape in shapes]
+        self._known = torch.zeros(size + 1, dtype=torch.bool, device=device)
+        self.tensors = [storage[:size] for storage in self._storage]
+        self.known = self._known[:size]
         self.full_shape = full_shape
 
     def lookup(self, ids: Tensor) -> tuple[Tensor, list[Tensor]]:
@@ -61,6 +71,26 @@ class PerturbationBank:
             tensor[ids] = row.to(tensor.device, tensor.dtype)
         self.known[ids] = True
 
+    def store_all(self, ids: Tensor, rows: list[Tensor], group: Distributed, capacity: int) -> None:
+        """:meth:`store` the rows of every process: ``ids`` and ``rows`` are this process's (at most ``capacity``
+        of them, the same ``capacity`` on every process), gathered with
+        :meth:`~robustlr.train.distributed.Distributed.gather_rows`; the padding (id ``-1``) goes to the spare
+        row. A sample appears in at most one shard, so the result equals storing the shards one after another.
+        In a single process this is :meth:`store`.
+
+        Raises:
+            ValueError: if ``capacity`` is below the number of ``ids``.
+        """
+        if not group.enabled:
+            self.store(ids, rows)
+            return
+        gathered_ids, gathered = group.gather_rows(ids, rows, capacity)
+        spare = self.known.shape[0]
+        target = torch.where(gathered_ids >= 0, gathered_ids, spare).to(self._known.device)
+        for storage, row in zip(self._storage, gathered, strict=True):
+            storage[target] = row.to(storage.device, storage.dtype)
+        self._known[target] = True
+
     def nbytes(self) -> int:
         """Bytes of the stored perturbations (the mask excluded)."""
         return sum(tensor.numel() * tensor.element_size() for tensor in self.tensors)
@@ -71,7 +101,9 @@ class PerturbationBank:
         return first.shape[0] * int(torch.Size(self.full_shape).numel()) * first.element_size()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tensors": [tensor.cpu() for tensor in self.tensors], "known": self.known.cpu()}
+        # copies of the first `size` rows (a CPU view would save the spare row with its storage)
+        return {"tensors": [tensor.to("cpu", copy=True) for tensor in self.tensors],
+                "known": self.known.to("cpu", copy=True)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         tensors, known = state["tensors"], state["known"]
