@@ -200,7 +200,10 @@ def _round_toward(x: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> t
     """
     v = x + delta
     back = v - x
-    err = (x - (v - back)) + (delta - back)
+    err = (x - (v - back)).add_(delta - back)
+    if dtype == v.dtype:  # no cast: an entry is away iff its rounding error points away from x
+        away = (err.mul_(back) < 0).logical_and_(v >= 0).logical_and_(v <= 1)
+        return torch.where(away, torch.nextafter(v, x), v).clamp_(0.0, 1.0)
     target = clip_unit(v)
     err = torch.where(target == v, err, torch.zeros_like(err))  # a clipped entry is exactly 0 or 1
     out = target.to(dtype)

@@ -1,0 +1,103 @@
+"""Engine overhead of the attacks: with a model of near-zero cost, only the attack's own work is timed.
+
+The model maps an image to 10 logits through a global average pool and a 3×10 matrix (``x.mean((2, 3)) @ W``),
+so its forward and backward are a few passes over the batch; what remains is the engine: input checks, random
+start, steps, projections, the budget fit.  Rows, side by side in one run (interleaved repeats, medians):
+
+  * ``pgd_{linf,l2}_{shape}_vs_torchattacks``: our PGD-10 time / torchattacks' (random start)   goal ≤ 1.0
+  * ``lora_vs_pgd_{shape}``: LoRa-PGD-10 (L2, r = 0.1·n) time / PGD-L2-10 time                  goal ≤ 1.3
+
+Shapes: ``cifar`` 512×3×32×32 and ``imagenet`` 64×3×224×224 (smaller batches with ``--quick``).
+
+Run:  python benchmarks/engine.py [--device cuda] [--quick] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from torch import nn
+
+from common import device_name, interleaved_times
+
+from robustlr.attacks import PGD, LoRaPGD
+
+SHAPES = {"cifar": (512, 3, 32), "imagenet": (64, 3, 224)}
+QUICK_BATCH = {"cifar": 64, "imagenet": 4}
+
+
+class PooledLinear(nn.Module):
+    """``x ↦ mean_{h,w}(x) · W``: a model whose cost is negligible next to the attack's own work."""
+
+    def __init__(self, channels: int = 3, classes: int = 10) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(channels, classes, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) @ self.weight
+
+
+def _batch(shape: str, device: torch.device, quick: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    n, c, size = SHAPES[shape]
+    n = QUICK_BATCH[shape] if quick else n
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, c, size, size, generator=gen).to(device)
+    return x, torch.randint(0, 10, (n,), generator=gen).to(device)
+
+
+def pgd_vs_torchattacks(device: torch.device, quick: bool = False, repeats: int = 5) -> dict[str, float]:
+    """Our PGD-10 time / torchattacks' PGD-10 time, L∞ (ε = 8/255, α = 2/255) and L2 (ε = 0.5, α = 0.09),
+    random start, on each shape of :data:`SHAPES`.  Keys ``pgd_{norm}_{shape}_vs_torchattacks`` (ratios)
+    and ``pgd_{norm}_{shape}_seconds`` (our time)."""
+    import torchattacks
+
+    model = PooledLinear().to(device).eval()
+    rows: dict[str, float] = {}
+    for shape in SHAPES:
+        x, y = _batch(shape, device, quick)
+        for norm, eps, alpha in (("linf", 8 / 255, 2 / 255), ("l2", 0.5, 0.09)):
+            ours = PGD(model, eps, norm, steps=10, alpha=alpha, seed=0)
+            peer = (torchattacks.PGD(model, eps=eps, alpha=alpha, steps=10, random_start=True) if norm == "linf"
+                    else torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=10, random_start=True))
+            t = interleaved_times({"ours": lambda: ours(x, y), "peer": lambda: peer(x, y)}, device, repeats)
+            rows[f"pgd_{norm}_{shape}_vs_torchattacks"] = t["ours"] / t["peer"]
+            rows[f"pgd_{norm}_{shape}_seconds"] = t["ours"]
+    return rows
+
+
+def lora_vs_pgd(device: torch.device, quick: bool = False, repeats: int = 5) -> dict[str, float]:
+    """LoRa-PGD-10 time (L2, ε = 0.5, rank 0.1·n per channel) / PGD-L2-10 time (random start) on each shape
+    of :data:`SHAPES`.  Keys ``lora_vs_pgd_{shape}`` (ratios) and ``lora_{shape}_seconds``."""
+    model = PooledLinear().to(device).eval()
+    rows: dict[str, float] = {}
+    for shape in SHAPES:
+        x, y = _batch(shape, device, quick)
+        lora = LoRaPGD(model, 0.5, rank=0.1, norm="l2", steps=10, seed=0)
+        pgd = PGD(model, 0.5, "l2", steps=10, seed=0)
+        t = interleaved_times({"lora": lambda: lora(x, y), "pgd": lambda: pgd(x, y)}, device, repeats)
+        rows[f"lora_vs_pgd_{shape}"] = t["lora"] / t["pgd"]
+        rows[f"lora_{shape}_seconds"] = t["lora"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small batches: a smoke run")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = {"device": device_name(device), **pgd_vs_torchattacks(device, args.quick, args.repeats),
+            **lora_vs_pgd(device, args.quick, args.repeats)}
+    json.dump(rows, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
