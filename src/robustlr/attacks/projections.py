@@ -64,6 +64,8 @@ def per_sample_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "nuc":
         return channel_svd(x).sum(dim=(1, 2))
     check_norm(norm)
+    if x.dim() == 1:  # samples of one entry: both norms are |x_b| (an empty dims tuple would reduce all)
+        return x.abs()
     dims = tuple(range(1, x.dim()))  # reduced in place: no reshape, which would copy a channels_last batch
     if norm == "l2":
         return torch.linalg.vector_norm(x, ord=2, dim=dims)
