@@ -11,11 +11,11 @@ or a perturbation larger than its budget, is not a robustness number.  These che
   ``[0, 1]``, and (when the attack declares its norm and the run has a budget) within ``‖δ‖ ≤ ε`` up to the
   round-off of its dtype, and the model's logits on it are finite.
 
-Shapes and dtypes are checked on the host; everything that depends on values is reduced on the device to a few float64 numbers (:func:`clean_stats`, :func:`adversarial_stats`), so that the
-caller reads the statistics of many checks in one transfer (``evaluate``: one per batch for every check of the
-batch) and turns them into errors with :func:`raise_clean` / :func:`raise_adversarial`, which compute nothing
-more: the details of a failure are in the statistics.  :func:`check_model_finite` and :func:`check_adversarial`
-(for single batches) read once each.
+Shapes and dtypes are checked on the host; everything that depends on values is reduced on the device to a few
+float64 numbers (:func:`clean_stats`, :func:`adversarial_stats`), so that the caller reads the statistics of many
+checks in one transfer (``evaluate``: one per batch for every check of the batch) and turns them into errors with
+:func:`raise_clean` / :func:`raise_adversarial`, which compute nothing more: the details of a failure are in the
+statistics.  :func:`check_model_finite` and :func:`check_adversarial` (for single batches) read once each.
 """
 
 from __future__ import annotations

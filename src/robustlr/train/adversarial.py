@@ -15,6 +15,13 @@ approximated by the configured attack (:mod:`robustlr.train.adv_config`) and the
   did): the model is then wrapped in :class:`TrainModeView`, whose ``eval()`` does nothing, so BatchNorm uses
   batch statistics (and updates its running statistics) and dropout is active while the attack runs. The update
   always runs in train mode.
+* Mixed precision (``amp="fp16"``): the attack runs under the update's float16 autocast with the fixed loss scale
+  :data:`~robustlr.attacks.base.AUTO_LOSS_SCALE` (2¹⁰ on its per-sample summed objective), so its input gradients
+  do not underflow.  Not the ``GradScaler``'s scale: reading that is a host round trip per step, it is tuned to
+  the batch-mean loss of the parameter gradients (2¹⁶ / B per sample), and the attack normalises its gradient
+  per sample, so any scale between underflow and overflow gives the same steps.
+* Host round trips: the attack's own (one per call, its fused input check); choosing the samples, the seed and
+  the warm-start bank read nothing from the device.
 * Warm start (``adv_warm_start``): see :mod:`robustlr.train.warm_start`; in a distributed run every process
   gathers the new perturbations of all shards, so all hold the same bank.
 """
@@ -28,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlr.attacks import PGD, Attack, LoRaPGD
+from robustlr.attacks.base import AUTO_LOSS_SCALE
 from robustlr.attacks.projections import resolve_rank
 
 from .config import TrainConfig
@@ -95,9 +103,10 @@ class AdversarialTraining:
 
     def _settings(self) -> dict[str, Any]:
         c = self.config
+        scale = {"loss_scale": AUTO_LOSS_SCALE} if c.amp == "fp16" else {}
         if c.adv == "lora-pgd":
-            return {"rank": c.adv_rank, "norm": c.adv_norm, "steps": c.adv_steps}
-        return {"norm": c.adv_norm, "steps": c.adv_steps, "alpha": c.adv_alpha, "random_start": True}
+            return {"rank": c.adv_rank, "norm": c.adv_norm, "steps": c.adv_steps, **scale}
+        return {"norm": c.adv_norm, "steps": c.adv_steps, "alpha": c.adv_alpha, "random_start": True, **scale}
 
     def attack(self, model: nn.Module, seed: int) -> Attack:
         """The training attack on ``model``, seeded by ``seed``."""
@@ -132,13 +141,16 @@ class AdversarialTraining:
             model.train()
             model = TrainModeView(model)
         seed = attack_seed(self.config.seed, context.epoch, context.index)
-        x_sel, y_sel = x[rows], y[rows]
+        every = rows.numel() == x.shape[0]  # adv_fraction = 1: no gather, no merge, no copy
+        x_sel, y_sel = (x, y) if every else (x[rows], y[rows])
         if self.bank is not None:
             x_adv = self._warm_attack(self.bank, model, seed, x_sel, y_sel, context.ids[chosen])
         elif rows.numel():
             x_adv = self.attack(model, seed)(x_sel, y_sel)
         else:
             return x, y
+        if every:
+            return x_adv.to(x.dtype), y
         out = x.clone()
         out[rows] = x_adv.to(out.dtype)
         return out, y

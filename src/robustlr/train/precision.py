@@ -8,8 +8,10 @@ optimiser stay in float32, and the optimiser step runs outside autocast, so Cond
 projection run in float32 (:func:`robustlr.lowrank.manifold.linalg_dtype` of the float32 parameters).
 Validation and the final evaluation always run in full precision.
 
-Caveat (float16): the attack's input gradient is not loss-scaled, so very small gradients can underflow to 0;
-bfloat16 has float32's range and does not have this problem.
+Under float16 the training attack's objective is loss-scaled too (a fixed 2¹⁰, see
+:mod:`robustlr.train.adversarial`), so its input gradients do not underflow; bfloat16 has float32's range and
+needs no scale.  Host round trips: none per step, except under float16, where ``GradScaler.step`` reads whether
+the gradients overflowed (one scalar read per step, to skip the step).
 """
 
 from __future__ import annotations

@@ -55,9 +55,14 @@ from .step import BatchTransform, NonFiniteLossError, Stepper, Tally, identity
 from .summary import run_summary
 from .validation import validate
 
-__all__ = ["TrainResult", "epoch_seed", "train"]
+__all__ = ["LOG_EVERY", "TrainResult", "epoch_seed", "train"]
 
 _EPOCH_SEED_STRIDE = 1_000_003
+
+LOG_EVERY = 50
+"""Batches between two reads of the training loss and accuracy from the device (the progress bar's postfix and the
+non-finite-loss check, :meth:`~robustlr.train.step.Stepper.settle`); they are also read at the end of every epoch
+and before a stop saves the resumable state, so the host waits for the device once per ``LOG_EVERY`` steps."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -232,18 +237,28 @@ class _Run:
                 try:
                     step = stepper(batch.x.to(self.device), batch.y.to(self.device), batch.context,
                                    stopping=lambda: stop.signum is not None)
-                except NonFiniteLossError as error:
-                    raise self._diverged(f"{error} in epoch {epoch}, batch {batch.context.index + 1}") from None
+                except Exception:
+                    self._settle(stepper, epoch)  # a loss gone non-finite is the cause of what the step raised
+                    raise
                 if adaptive:
                     broadcast_lowrank_state(self.model, self.optimizer, self.group)
-                state.tally.add(step)
                 state.tally.seconds += time.perf_counter() - tic
                 state.batch = batch.context.index + 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{state.tally.loss:.4f}", acc=f"{state.tally.accuracy:.4f}", refresh=False)
+                if state.batch % LOG_EVERY == 0 or step.stop:
+                    self._settle(stepper, epoch)
+                    bar.set_postfix(loss=f"{state.tally.loss:.4f}", acc=f"{state.tally.accuracy:.4f}", refresh=False)
                 if step.stop:
                     signum = stop.signum if stop.signum is not None else signal.SIGTERM
                     self._interrupt(signum, f"in epoch {epoch} after batch {state.batch} of {len(batches)}")
+        self._settle(stepper, epoch)
+
+    def _settle(self, stepper: Stepper, epoch: int) -> None:
+        """Read the steps taken since the last read into the epoch's tally; a non-finite loss stops the run."""
+        try:
+            stepper.settle(self.state.tally)
+        except NonFiniteLossError as error:
+            raise self._diverged(f"{error} in epoch {epoch}, batch {error.batch}") from None
 
     def _check_replicas(self, epoch: int) -> str:
         """Give every process rank 0's buffers, check that all hold the same parameters, return their digest."""
