@@ -87,7 +87,8 @@ def run(shape: str, batch: int, steps: int, rank: float, device: torch.device, r
 
     lora = LoRaPGD(model, 0.5, rank=rank, steps=steps, seed=0)
     pgd_l2 = PGD(model, 0.5, "l2", steps=steps, seed=0)
-    t = interleaved_times({"floor": floor_fn(model, x, y, steps), "lora": lambda: lora(x, y), "pgd": lambda: pgd_l2(x, y)}, device, repeats)
+    t = interleaved_times({"floor": floor_fn(model, x, y, steps), "lora": lambda: lora(x, y),
+                           "pgd": lambda: pgd_l2(x, y)}, device, repeats)
     rows["fwd_bwd_seconds"] = t["floor"] / steps
     rows["lora_pgd_seconds"] = t["lora"]
     rows["lora_pgd_vs_fwd_bwd_floor"] = t["lora"] / t["floor"]
@@ -135,7 +136,8 @@ def amp_floor(model_name: str, size: int, batch: int, steps: int, device: torch.
 
     t = interleaved_times({"floor": floor_fn(model, x, y, steps, amp), "pgd": under_amp(pgd),
                            "lora": under_amp(lora)}, device, repeats)
-    return {"pgd_vs_fwd_bwd_floor_bf16": t["pgd"] / t["floor"], "lora_pgd_vs_fwd_bwd_floor_bf16": t["lora"] / t["floor"],
+    return {"pgd_vs_fwd_bwd_floor_bf16": t["pgd"] / t["floor"],
+            "lora_pgd_vs_fwd_bwd_floor_bf16": t["lora"] / t["floor"],
             "fwd_bwd_seconds": t["floor"] / steps, "batch": batch}
 
 

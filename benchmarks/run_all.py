@@ -6,14 +6,13 @@ Run:  python benchmarks/run_all.py [--device cuda] [--out docs/benchmarks.md] [-
 Sections: the attacks against torchattacks and the forward+backward floor (``attacks.run``), the attack engine at
 its users' scale (``attacks.preact_vs_torchattacks``, ``attacks.amp_floor`` on PreActResNet-18 and ResNet-50 at
 224 under bf16 autocast), host round trips per attack call and per training step (``attacks.attack_syncs``,
-``train.step_syncs``), training and inference of low-rank models (``train``), and the rows of the benchmark modules
-listed in :data:`PROVIDED` (engine overhead, CondLR step), each imported if it exists.
+``train.step_syncs``), the engine's own overhead with a near-zero-cost model (``engine``), the CondLR step against
+SGD's (``condlr_step``), and training and inference of low-rank models (``train``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from datetime import datetime, timezone
@@ -22,6 +21,8 @@ from pathlib import Path
 import torch
 
 import attacks
+import condlr_step
+import engine
 import train
 from common import device_name
 
@@ -39,14 +40,12 @@ GOALS = {
     "lora_pgd_vs_fwd_bwd_floor_bf16": "≤ 1.05",
     "syncs_per_attack_call": "≤ 3",
     "syncs_per_training_step": "≤ 1",
+    **{f"pgd_{norm}_{shape}_vs_torchattacks": "≤ 1.0" for norm in ("linf", "l2") for shape in engine.SHAPES},
+    **{f"lora_vs_pgd_{shape}": "≤ 1.3" for shape in engine.SHAPES},
+    "condlr_vs_sgd_step": "≤ 1.5",
+    "condlr_vs_lowrank_sgd_step": "(reference)",
+    "batched_vs_per_layer_step": "(reference)",
 }
-
-PROVIDED = ("engine", "condlr_step")
-"""HOOK: benchmark modules of benchmarks/ written alongside this one (engine overhead: PGD ours/torchattacks with a
-near-zero-cost model and LoRa-PGD/PGD engine; CondLR step / SGD step on WRN-16-4). Each, if present, provides
-``rows(device: torch.device, quick: bool) -> list[tuple[str, str, float, str]]`` (section, ratio name, value,
-goal); a missing module is said in the output and the doc."""
-
 
 def rows_of(section: str, results: dict) -> list[tuple[str, str, float, str]]:
     return [(section, key, value, GOALS[key]) for key, value in results.items() if key in GOALS]
@@ -57,26 +56,11 @@ def shown(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
-def provided_rows(device: torch.device, quick: bool) -> tuple[list[tuple[str, str, float, str]], list[str]]:
-    """The rows of each module of :data:`PROVIDED` that exists, and the names of those that do not."""
-    rows, missing = [], []
-    for name in PROVIDED:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            missing.append(name)
-            continue
-        rows += module.rows(device, quick)
-    return rows, missing
-
-
 def scale_rows(device: torch.device, quick: bool, repeats: int) -> tuple[list, list[str]]:
     """The attack engine at its users' scale, and the host round trips (see the module docstring)."""
     steps = 2 if quick else 10
     rows, extras = [], []
-    batch = 8 if quick else 128
+    batch = 8 if quick else 128 if device.type == "cuda" else 64  # 64: a CPU run of make bench stays < 15 min
     pre = attacks.preact_vs_torchattacks(batch, steps, device, repeats)
     rows += rows_of(f"PGD-{steps} L∞, PreActResNet-18, CIFAR shape, batch {batch}", pre)
     extras.append(f"PreActResNet-18 PGD-{steps} batch {batch}: ours {pre['preact18_pgd_seconds']:.3f} s vs "
@@ -121,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     more, scale_extras = scale_rows(device, args.quick, 1 if args.quick else 3)  # 3: the ResNets are slow on a CPU
     rows += more
     extras += scale_extras
-    more, missing = provided_rows(device, args.quick)
-    rows += more
-    extras += [f"not measured: benchmarks/{name}.py does not exist yet (hook: run_all.PROVIDED)" for name in missing]
+    shapes = ", ".join(f"{engine.QUICK_BATCH[name] if args.quick else n}×{c}×{h}×{h}"
+                       for name, (n, c, h) in engine.SHAPES.items())
+    rows += rows_of(f"engine overhead, near-zero-cost model, {shapes}",
+                    {**engine.pgd_vs_torchattacks(device, args.quick, repeats),
+                     **engine.lora_vs_pgd(device, args.quick, repeats)})
+    step = condlr_step.condlr_step_ratio(device, 3 if args.quick else 15)
+    rows += rows_of("CondLR step / SGD step, WRN-16-4 rank 0.2, CIFAR shape", step)
+    extras.append(f"CondLR step {step['condlr_step_seconds'] * 1000:.1f} ms vs SGD on the dense WRN-16-4 "
+                  f"{step['dense_sgd_step_seconds'] * 1000:.1f} ms")
     tr = train.train_ratio(device, 2000 if args.quick else 12000, 128, 1 if args.quick else 3)
     rows += rows_of(f"training, LeNet5 rank 0.2, {tr['train_images']} Fashion-MNIST images", tr)
     inf = train.inference_ratio(device, 32 if args.quick else 128, repeats)
