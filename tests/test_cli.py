@@ -198,8 +198,9 @@ def test_amp_runs_the_model_under_autocast_and_keeps_the_budget(checkpoint, tmp_
                  "--no-progress"]) == 0
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     # the fit check (one forward before any work) in full precision, then every forward pass of the evaluation
-    # (per norm: the clean pass, 3 attack steps and the final pass on x_adv) under autocast; images stay float32
-    assert seen[0][0] is False and len(seen) == 1 + 2 * 5 and set(seen[1:]) == {(True, dtype, torch.float32)}
+    # (per norm at least the clean pass and 3 attack steps) under autocast; the images stay float32
+    assert seen[0][0] is False and len(seen) >= 1 + 2 * (1 + 3)
+    assert set(seen[1:]) == {(True, dtype, torch.float32)}
     x = load_dataset("fashion-mnist", "test").images[:16]
     linf = torch.load(out / "adversarial" / "pgd-linf_eps0.1.pt", weights_only=True)
     l2 = torch.load(out / "adversarial" / "pgd-l2_eps1.pt", weights_only=True)
