@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks.projections import per_sample_norm
+from .attacks.projections import channel_svd, per_sample_norm
 from .checks import check_device, check_int
 from .evaluation.data import Data, iter_batches, num_batches
 from .evaluation.guards import (
@@ -222,7 +222,7 @@ class _Tally:
             delta = x_adv - x
             norms = [per_sample_norm(delta, "l2"), per_sample_norm(delta, "linf")]
             if self.nuclear:
-                norms.append(torch.linalg.svdvals(delta.float()).sum(dim=(1, 2)))
+                norms.append(channel_svd(delta, dtype=torch.float32).sum(dim=(1, 2)))
             sums = torch.stack([values.sum().double() for values in norms])
             self.norm_sums = sums if self.norm_sums is None else self.norm_sums + sums
 

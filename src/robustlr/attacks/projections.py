@@ -266,15 +266,16 @@ def resolve_rank(rank: int | float, full: int, name: str = "rank") -> int:
     return max(1, min(full, int(round(value * full))))
 
 
-def channel_svd(x: torch.Tensor, full: bool = False):
+def channel_svd(x: torch.Tensor, full: bool = False, dtype: torch.dtype = torch.float64):
     """Singular values of every channel matrix of a batch ``(N, C, H, W)``.
 
-    Returns ``σ`` of shape ``(N, C, min(H, W))`` in decreasing order, computed in float64 for accuracy;
+    Returns ``σ`` of shape ``(N, C, min(H, W))`` in decreasing order, computed in ``dtype`` (float64 by default,
+    for accuracy; float32 where speed matters more, e.g. the nuclear norms of an evaluation);
     with ``full=True`` returns ``(P, σ, Qᵀ)`` of the thin SVD ``x_{b,c} = P diag(σ) Qᵀ`` instead.
     """
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    xd = x.detach().to(torch.float64)
+    xd = x.detach().to(dtype)
     if full:
         return torch.linalg.svd(xd, full_matrices=False)
     return torch.linalg.svdvals(xd)

@@ -82,7 +82,7 @@ def run_cell(cell: Cell, model: nn.Module, x: torch.Tensor, y: torch.Tensor, set
         return cell.build(model, eps, settings["steps"], settings["seed"])
 
     result = evaluate(model, (x, y), {cell.key: at_eps(factory)}, settings["eps"],
-                      batch_size=settings["batch_size"], progress=False)
+                      batch_size=settings["batch_size"], progress=False, nuclear=True)
     image = (1, *x.shape[1:])
     write_record(path, settings, CELL_SETTINGS, {
         "cell": cell.__dict__, "side": min(image[-2:]),
