@@ -1,4 +1,4 @@
-"""Model zoo (LeNet5, VGG16, WRN, PreAct ResNet-18, MLP), input normalization,
+"""Model zoo (LeNet5, VGG16, WRN, PreAct ResNet-18, ResNet-50, MLP), input normalization,
 checkpoints with JSON sidecars, and loading users' own models from a file."""
 
 from .activation import ACTIVATIONS, LEAKY_RELU_SLOPE, make_activation
@@ -7,6 +7,7 @@ from .lenet import LeNet5
 from .mlp import MLP
 from .normalize import Normalize, with_normalization
 from .preact_resnet import PreActBlock, PreActResNet, preact_resnet18
+from .resnet import Bottleneck, ResNet, resnet50
 from .registry import available_models, create, creation_args
 from .user_model import load_model_file
 from .vgg import VGG16
@@ -14,6 +15,7 @@ from .wrn import wide_resnet
 
 __all__ = [
     "ACTIVATIONS",
+    "Bottleneck",
     "LEAKY_RELU_SLOPE",
     "MLP",
     "VGG16",
@@ -21,6 +23,7 @@ __all__ = [
     "Normalize",
     "PreActBlock",
     "PreActResNet",
+    "ResNet",
     "available_models",
     "create",
     "creation_args",
@@ -29,6 +32,7 @@ __all__ = [
     "make_activation",
     "model_from_sidecar",
     "preact_resnet18",
+    "resnet50",
     "save_checkpoint",
     "sidecar_path",
     "wide_resnet",

@@ -8,7 +8,7 @@ approximated by the configured attack (:mod:`robustlr.train.adv_config`) and the
   global batch is attacked iff ``⌊(p+1)F⌋ > ⌊pF⌋``. A process attacks only its shard; the rule depends on the
   global position only, so a distributed run attacks the same samples as a single process.
 * Randomness: the attack of batch ``b`` of epoch ``e`` is seeded by :func:`attack_seed` ``(seed, e, b)``, and the
-  attacks seed every sample from (that seed, the bytes of the image): adversarial examples are a function of the
+  attacks seed every sample from (that seed, a key hashed from the image's values): adversarial examples are a function of the
   model, the sample and the run's seed, so exact resume and the distributed/single-process equality hold.
 * BatchNorm and dropout: the attack runs on the bare model in eval mode (``adv_bn="eval"``, the default; the
   attacks switch to eval and restore the mode), or in train mode (``adv_bn="train"``, as Madry et al.'s CIFAR code
