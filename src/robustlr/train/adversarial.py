@@ -23,7 +23,8 @@ approximated by the configured attack (:mod:`robustlr.train.adv_config`) and the
 * Host round trips: the attack's own (one per call, its fused input check); choosing the samples, the seed and
   the warm-start bank read nothing from the device.
 * Warm start (``adv_warm_start``): see :mod:`robustlr.train.warm_start`; in a distributed run every process
-  gathers the new perturbations of all shards, so all hold the same bank.
+  gathers the new perturbations of all shards with tensor collectives on the device (padded to the largest
+  shard, no pickling), so all hold the same bank.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ class AdversarialTraining:
         every = rows.numel() == x.shape[0]  # adv_fraction = 1: no gather, no merge, no copy
         x_sel, y_sel = (x, y) if every else (x[rows], y[rows])
         if self.bank is not None:
-            x_adv = self._warm_attack(self.bank, model, seed, x_sel, y_sel, context.ids[chosen])
+            x_adv = self._warm_attack(self.bank, model, seed, x_sel, y_sel, context.ids[chosen],
+                                      self.group.max_shard(context.global_size))
         elif rows.numel():
             x_adv = self.attack(model, seed)(x_sel, y_sel)
         else:
@@ -156,18 +158,15 @@ class AdversarialTraining:
         return out, y
 
     def _warm_attack(self, bank: PerturbationBank, model: nn.Module, seed: int, x: Tensor, y: Tensor,
-                     ids: Tensor) -> Tensor:
-        """Attack from the bank's perturbations and store the new ones (those of every process)."""
+                     ids: Tensor, capacity: int) -> Tensor:
+        """Attack from the bank's perturbations and store the new ones (those of every process, gathered with
+        tensor collectives on the device: at most ``capacity`` rows per process)."""
         known, stored = bank.lookup(ids)
         if ids.numel():
             x_adv, rows = self.warm_attack(model, seed, known, stored).warm_run(x, y)
         else:  # nothing to attack here, but the other processes' rows must still be gathered
             x_adv, rows = x, stored
-        if self.group.enabled:
-            for part_ids, part_rows in self.group.gather((ids, [row.detach().cpu() for row in rows])):
-                bank.store(part_ids, part_rows)
-        else:
-            bank.store(ids, rows)
+        bank.store_all(ids, rows, self.group, capacity)
         return x_adv
 
     def state_dict(self) -> dict[str, Any]:
