@@ -68,6 +68,23 @@ def test_attack_saves_adversarial_examples(checkpoint, tmp_path):
     assert float((adv - x).abs().max()) <= 0.1 + 1e-6
 
 
+def test_attack_reports_the_recorded_attacks_as_the_bare_ones(checkpoint, tmp_path):
+    """Recording the adversarial batches changes nothing in the report: norm, budget check, nuclear norms of
+    the low-rank attack, the attack's repr."""
+    options = ["--checkpoint", str(checkpoint), "--n", "16", "--attack", "pgd-l2", "--attack", "lora-pgd", "--eps",
+               "1", "--rank", "3", "--steps", "2", "--no-progress"]
+    docs = {}
+    for command in ("attack", "evaluate"):
+        assert main([command, *options, "--out", str(tmp_path / command)]) == 0
+        docs[command] = json.loads((tmp_path / command / "result.json").read_text())["result"]["attacks"]
+    def timeless(attacks: list[dict]) -> list[dict]:
+        return [{k: v for k, v in a.items() if k != "seconds"} for a in attacks]
+
+    assert timeless(docs["attack"]) == timeless(docs["evaluate"])
+    lora = next(a for a in docs["attack"] if a["attack"].startswith("lora-pgd"))
+    assert lora["norm"] == "l2" and lora["mean_nuclear"] is not None and lora["attack_repr"].startswith("LoRaPGD(")
+
+
 def test_spectrum_end_to_end(checkpoint, tmp_path, capsys):
     out = tmp_path / "spec"
     assert main(["spectrum", "--checkpoint", str(checkpoint), "--n", "32", "--attack", "pgd-l2", "--attack", "lora-pgd",

@@ -25,12 +25,18 @@ DEFAULT_ATTACKS = ["fgsm", "pgd-linf", "pgd-l2", "lora-pgd"]
 
 
 class _Recorder:
-    """Wraps an attack and keeps every adversarial batch it returns (for ``robustlr attack``)."""
+    """Wraps an attack and keeps every adversarial batch it returns (for ``robustlr attack``); every other
+    attribute (``eps``, ``norm``, ``rank``, ``repr``) is the attack's, so evaluate checks and reports the
+    recorded attack exactly as the bare one."""
 
     def __init__(self, attack):
         self.attack, self.batches = attack, []
-        self.eps = getattr(attack, "eps", None)
-        self.norm = getattr(attack, "norm", None)  # so evaluate checks the recorded batches' budget too
+
+    def __getattr__(self, name: str):
+        return getattr(self.attack, name)
+
+    def __repr__(self) -> str:
+        return repr(self.attack)
 
     def __call__(self, x, y):
         out = self.attack(x, y)
