@@ -20,14 +20,6 @@ from robustlr.profiling import HostSyncs
 STEP_BUDGET = 2
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mlp(layers: int, width: int = 12, seed: int = 0) -> nn.Sequential:
     """``layers`` low-rank layers, the inner ones of equal shape (so the batched path stacks them)."""
     torch.manual_seed(seed)
