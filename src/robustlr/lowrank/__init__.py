@@ -14,7 +14,8 @@ from robustlr.lowrank.convert import CompressionReport, LayerCompression, compre
 from robustlr.lowrank.factorized import FactorizedConv2d, FactorizedLinear
 from robustlr.lowrank.layers import FactoredLayer, LowRankConv2d, LowRankLayer, LowRankLinear
 from robustlr.lowrank.manifold import condition_projection, qr_retraction, tangent_projection
-from robustlr.lowrank.optim import CondLR, QRProjectedSGD
+from robustlr.lowrank.optim import CondLR
+from robustlr.lowrank.qr_sgd import QRProjectedSGD
 
 __all__ = [
     "CompressionReport",

@@ -1,4 +1,5 @@
-"""Optimisers: CondLR for ``U S Vᵀ`` layers and the QR-projected SGD ("orthogonal dense") baseline.
+"""CondLR, the optimiser of ``U S Vᵀ`` layers (the QR-projected SGD baseline is in :mod:`robustlr.lowrank.qr_sgd`,
+the checks every step makes first in :mod:`robustlr.lowrank.step_checks`).
 
 CondLR is the method of Savostianova, Zangrando, Ceruti, Tudisco, "Robust low-rank training via approximate
 orthonormal constraints", NeurIPS 2023 (arXiv 2306.01485). Its rank-adaptive option follows DLRT
@@ -8,17 +9,18 @@ orthonormal constraints", NeurIPS 2023 (arXiv 2306.01485). Its rank-adaptive opt
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim import SGD, Optimizer
+from torch.optim import Optimizer
 
-from robustlr.checks import check_int, check_number
+from robustlr.checks import check_int
 from robustlr.lowrank.adaptive import augmented_update, transport_directions, validate_theta
 from robustlr.lowrank.layers import LowRankLayer, write_leading_block
+from robustlr.lowrank.step_checks import SCALARS, check_finite_gradients, check_hyperparameters, checked_scalar
 from robustlr.lowrank.manifold import (
     S_PROJECTIONS,
     condition_projection,
@@ -32,75 +34,12 @@ from robustlr.lowrank.manifold import (
     validate_tau,
 )
 
-__all__ = ["GRAD_SCALES", "CondLR", "QRProjectedSGD", "check_finite_gradients", "check_hyperparameters"]
+__all__ = ["GRAD_SCALES", "CondLR"]
 
 #: How CondLR scales the directions of ``U`` and ``V``.
 GRAD_SCALES = ("reference", "exact")
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
-
-#: Hyperparameters of every param group that must be finite numbers >= 0.
-_SCALARS = ("lr", "momentum", "weight_decay")
-
-
-def _checked_scalar(name: str, value: object) -> object:
-    """``value`` if it is a finite number >= 0 (any real number, as a float; or a one-element floating tensor,
-    kept as it is), else ``ValueError`` naming it."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise ValueError(f"{name} must be a finite number >= 0 or a one-element floating tensor; got {value!r}")
-        check_number(name, float(value.detach()))
-        return value
-    return check_number(name, value)
-
-
-def check_hyperparameters(optimizer: Optimizer, extra: Callable[[str, dict[str, Any]], None] | None = None) -> None:
-    """Check (and normalise) ``lr``, ``momentum`` and ``weight_decay`` of every param group, which a user or a
-    scheduler may have changed since construction: each must be a finite number >= 0 (``ValueError`` naming
-    ``param_groups[i]['lr']`` and the value). Tensor values were checked when their group was added and are
-    not read again (that would cost a device sync per step). ``extra(prefix, group)`` checks more keys."""
-    for i, group in enumerate(optimizer.param_groups):
-        prefix = f"param_groups[{i}]"
-        for key in _SCALARS:
-            if not isinstance(group[key], Tensor):
-                group[key] = check_number(f"{prefix}[{key!r}]", group[key])
-        if extra is not None:
-            extra(prefix, group)
-
-
-def check_finite_gradients(optimizer: Optimizer, names: Mapping[Tensor, str]) -> None:
-    """Raise ``ValueError`` naming the first parameter whose gradient holds a NaN or an infinity, before the
-    step changes anything.
-
-    One fused check and one host read per step: the 2-norms of all gradients (one foreach kernel; a NaN or an
-    infinity makes its gradient's norm non-finite), stacked and tested together. Only when that fails are the
-    gradients looked at one by one, which also tells a finite gradient whose norm overflowed (not refused)
-    from a non-finite one. ``names`` maps parameters to their names in the model (others are named by their
-    place in ``param_groups``).
-    """
-    places = [
-        (p, f"param_groups[{i}]['params'][{j}]")
-        for i, group in enumerate(optimizer.param_groups)
-        for j, p in enumerate(group["params"])
-        if p.grad is not None
-    ]
-    if not places:
-        return
-    device = places[0][0].grad.device
-    norms = torch._foreach_norm([p.grad for p, _ in places])
-    if bool(torch.isfinite(torch.stack([n.to(device, torch.float32) for n in norms])).all()):
-        return
-    for p, place in places:
-        grad = p.grad
-        if not bool(torch.isfinite(grad).all()):
-            nan, inf = int(torch.isnan(grad).sum()), int(torch.isinf(grad).sum())
-            raise ValueError(
-                f"{type(optimizer).__name__}.step refused: the gradient of {names.get(p, place)!r} (shape "
-                f"{tuple(p.shape)}) has {nan} NaN and {inf} infinite entries of {grad.numel()}; no parameter and "
-                "no optimiser state was changed. The loss probably overflowed: lower lr, or use a gradient "
-                "scaler (amp='fp16')"
-            )
-
 
 def _precondition(
     decomposition: tuple[Tensor, Tensor, Tensor], d_u: Tensor, d_v: Tensor
@@ -306,8 +245,8 @@ class CondLR(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for name in _SCALARS:
-            group[name] = _checked_scalar(name, group[name])
+        for name in SCALARS:
+            group[name] = checked_scalar(name, group[name])
         group["tau"] = validate_tau(group["tau"])
         if group["grad_scale"] not in GRAD_SCALES:
             raise ValueError(f"grad_scale must be one of {GRAD_SCALES}; got {group['grad_scale']!r}")
@@ -489,49 +428,3 @@ class CondLR(Optimizer):
         active = (buffers[0][:, :r], buffers[1][:r, :r], buffers[2][:, :r])
         for buffer, value in zip(buffers, transport_directions(u0, v0, u1, v1, *active)):
             write_leading_block(buffer, value)
-
-
-class QRProjectedSGD(SGD):
-    """"Projected SGD" / orthogonal dense baseline of the CondLR paper: SGD (with momentum), then a QR
-    retraction of every weight that is flattened to ``rows × cols`` with ``rows ≤ cols``.
-
-    After the SGD step each such weight (``p.ndim ≥ 2``, flattened to ``(p.shape[0], -1)``) is replaced by the
-    matrix with orthonormal rows ``qf(Wᵀ)ᵀ`` (sign-fixed QR), so all its singular values are 1 (scale-free).
-    Tall weights (more rows than columns, e.g. a first conv 64 × 27) and 1-D parameters (biases, BatchNorm)
-    are left unconstrained and only get the SGD step, as in the reference code. The first step retracts
-    weights that start off the manifold. ``params`` may be a model (its parameter names then appear in the
-    errors) or parameters / param groups; ``lr``, ``momentum`` and ``weight_decay`` must be finite numbers >= 0.
-    """
-
-    def __init__(
-        self,
-        params: nn.Module | ParamsT,
-        lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-    ) -> None:
-        self._names: dict[Tensor, str] = {}
-        if isinstance(params, nn.Module):  # its parameter names go into the errors
-            self._names = {p: name for name, p in params.named_parameters()}
-            params = params.parameters()
-        super().__init__(params, lr=_checked_scalar("lr", lr), momentum=_checked_scalar("momentum", momentum),
-                         weight_decay=_checked_scalar("weight_decay", weight_decay), nesterov=nesterov)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
-        """SGD step then QR retraction; like CondLR it first checks the hyperparameters of every group and that
-        every gradient is finite (``ValueError`` naming it, nothing changed)."""
-        check_hyperparameters(self)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        check_finite_gradients(self, self._names)
-        super().step()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and p.ndim >= 2 and p.shape[0] <= p[0].numel():
-                    rows = qr_retraction(p.reshape(p.shape[0], -1).mT).mT
-                    p.copy_(rows.reshape(p.shape))
-        return loss
