@@ -9,7 +9,7 @@ orthonormal constraints", NeurIPS 2023 (arXiv 2306.01485). Its rank-adaptive opt
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,14 @@ from torch.optim import Optimizer
 from robustlr.checks import check_int
 from robustlr.lowrank.adaptive import augmented_update, transport_directions, validate_theta
 from robustlr.lowrank.layers import LowRankLayer, write_leading_block
-from robustlr.lowrank.step_checks import SCALARS, check_finite_gradients, check_hyperparameters, checked_scalar
+from robustlr.lowrank.step_checks import (
+    SCALARS,
+    ParamsT,
+    check_finite_gradients,
+    check_hyperparameters,
+    checked_scalar,
+    parameter_names,
+)
 from robustlr.lowrank.manifold import (
     S_PROJECTIONS,
     condition_projection,
@@ -38,8 +45,6 @@ __all__ = ["GRAD_SCALES", "CondLR"]
 
 #: How CondLR scales the directions of ``U`` and ``V``.
 GRAD_SCALES = ("reference", "exact")
-
-ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 def _precondition(
     decomposition: tuple[Tensor, Tensor, Tensor], d_u: Tensor, d_v: Tensor
@@ -227,7 +232,7 @@ class CondLR(Optimizer):
         super().__init__(params, defaults)
         self._model = model
         self._layers = self._find_layers()
-        self._names = {p: name for name, p in model.named_parameters()}
+        self._names = parameter_names(model)
         if not self._layers:
             count = sum(isinstance(module, LowRankLayer) for module in model.modules())
             if count == 0:

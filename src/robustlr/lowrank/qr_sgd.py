@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.optim import SGD
 
 from robustlr.lowrank.manifold import qr_retraction
-from robustlr.lowrank.step_checks import check_finite_gradients, check_hyperparameters, checked_scalar
+from robustlr.lowrank.step_checks import (
+    ParamsT,
+    check_finite_gradients,
+    check_hyperparameters,
+    checked_scalar,
+    parameter_names,
+)
 
 __all__ = ["QRProjectedSGD"]
-
-ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
-
 
 class QRProjectedSGD(SGD):
     """"Projected SGD" / orthogonal dense baseline of the CondLR paper: SGD (with momentum), then a QR
@@ -39,7 +41,7 @@ class QRProjectedSGD(SGD):
     ) -> None:
         self._names: dict[Tensor, str] = {}
         if isinstance(params, nn.Module):  # its parameter names go into the errors
-            self._names = {p: name for name, p in params.named_parameters()}
+            self._names = parameter_names(params)
             params = params.parameters()
         super().__init__(params, lr=checked_scalar("lr", lr), momentum=checked_scalar("momentum", momentum),
                          weight_decay=checked_scalar("weight_decay", weight_decay), nesterov=nesterov)

@@ -6,16 +6,24 @@ and :class:`~robustlr.lowrank.qr_sgd.QRProjectedSGD`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from robustlr.checks import check_number
 
-__all__ = ["SCALARS", "check_finite_gradients", "check_hyperparameters", "checked_scalar"]
+__all__ = ["SCALARS", "ParamsT", "check_finite_gradients", "check_hyperparameters", "checked_scalar", "parameter_names"]
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+"""What an optimiser takes as ``params``: parameters or param groups."""
+
+
+def parameter_names(model: nn.Module) -> dict[Tensor, str]:
+    """``{parameter: its name in model}``: how the step checks name a parameter in their errors."""
+    return {p: name for name, p in model.named_parameters()}
 
 #: Hyperparameters of every param group that must be finite numbers >= 0.
 SCALARS = ("lr", "momentum", "weight_decay")
