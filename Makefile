@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
+	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1 pyautoattack==0.2.0
 	touch $(STAMP)
 
 demo: $(STAMP)
