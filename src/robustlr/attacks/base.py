@@ -44,10 +44,80 @@ from .precision import WORK_DTYPE, Precision, check_budget
 from .projections import check_norm, fit_budget
 from .randomness import Noise, sample_keys
 
-__all__ = ["AUTO_LOSS_SCALE", "Attack", "LOSSES"]
+__all__ = ["AUTO_LOSS_SCALE", "Attack", "DLR_TINY", "LOSSES", "dlr_loss", "targeted_dlr_loss"]
 
-LOSSES = ("ce", "margin")
-"""Attack objectives: cross-entropy, or the CW-style logit margin."""
+LOSSES = ("ce", "margin", "dlr")
+"""Attack objectives: cross-entropy, the CW-style logit margin, or the difference of logits ratio
+(:func:`dlr_loss`)."""
+
+DLR_TINY = 1e-12
+"""The guard of the DLR denominators (Croce & Hein's value): equal top logits give a finite loss."""
+
+
+def _top_logits(logits: torch.Tensor, count: int, loss: str) -> torch.Tensor:
+    """The ``count`` largest logits per sample, descending, shape ``(N, count)``; ``ValueError`` when the
+    model has fewer classes (a shape check: nothing is read from the device)."""
+    if logits.shape[1] < count:
+        raise ValueError(f"loss {loss!r} needs logits of at least {count} classes (its denominator uses the "
+                         f"{count} largest), the model has {logits.shape[1]}")
+    return logits.topk(count, dim=1).values
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of logits ratio (Croce & Hein, ICML 2020, arXiv 2003.01690, eq. 6), per sample, to maximise:
+
+        DLR(z, y) = −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e−12)
+
+    with ``π`` sorting ``z`` in decreasing order.  Positive exactly when the model misclassifies; invariant to
+    shifting and positively scaling the logits.  Needs at least 3 classes (``ValueError`` otherwise).
+    """
+    numerator, denominator = _dlr_terms(logits, y)
+    return numerator / denominator
+
+
+def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted difference of logits ratio (Croce & Hein, ICML 2020, eq. 7), per sample, to maximise:
+
+        DLR_t(z, y, t) = −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e−12)
+
+    for true labels ``y`` and targets ``t``; it grows as the target logit overtakes the true one.  Needs at
+    least 4 classes (``ValueError`` otherwise).
+    """
+    numerator, denominator = _targeted_dlr_terms(logits, y, target)
+    return numerator / denominator
+
+
+def _dlr_terms(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerator ``max_{i≠y} z_i − z_y`` and denominator ``z_π1 − z_π3 + 1e−12`` of :func:`dlr_loss`."""
+    top = _top_logits(logits, 3, "dlr")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return others - true, top[:, 0] - top[:, 2] + DLR_TINY
+
+
+def _targeted_dlr_terms(logits: torch.Tensor, y: torch.Tensor,
+                        target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Numerator ``z_t − z_y`` and denominator ``z_π1 − (z_π3 + z_π4)/2 + 1e−12`` of
+    :func:`targeted_dlr_loss`."""
+    top = _top_logits(logits, 4, "dlr (targeted)")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    aimed = logits.gather(1, target[:, None]).squeeze(1)
+    return aimed - true, top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + DLR_TINY
+
+
+def _ratio_objective(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator`` whose gradient is ``D̄`` times that of the ratio, ``D̄`` the detached
+    denominator (``> 0``).
+
+    A ratio's gradient grows like ``1/D``: near-equal top logits (an untrained or a low-confidence model)
+    make it large enough to overflow a float16 backward pass under the loss scale, and ``inf/inf`` gives a
+    NaN step.  ``D̄·∇(n/D) = ∇n − (n/D)·∇D`` is of the size of the margin's gradient, and a positive
+    per-sample factor leaves every normalised step (``sign``, ``g/‖g‖``) unchanged.
+    """
+    ratio = numerator / denominator
+    scaled = ratio * denominator.detach()
+    return scaled + (ratio - scaled).detach()
+
 
 AUTO_LOSS_SCALE = 2.0**10
 """The loss scale of float16 models when none is given.  The objective is a per-sample *sum* (not a batch
@@ -70,8 +140,9 @@ class Attack(ABC):
             ``np.float32`` …) representable in float32 and, at call time, in the dtype of ``x``.
             ``ε = 0`` returns ``x`` unchanged.
         norm: ``"linf"`` or ``"l2"``.
-        loss: ``"ce"`` (cross-entropy, default) or ``"margin"`` (CW-style logit margin
-            ``max_{j≠y} z_j − z_y``; targeted: ``z_t − max_{j≠t} z_j``).
+        loss: ``"ce"`` (cross-entropy, default), ``"margin"`` (CW-style logit margin
+            ``max_{j≠y} z_j − z_y``; targeted: ``z_t − max_{j≠t} z_j``) or ``"dlr"`` (:func:`dlr_loss`;
+            targeted: :func:`targeted_dlr_loss` with the largest non-target logit in place of ``z_y``).
         restarts: number of independent runs; per sample the first restart that fools the model is kept,
             else the one with the highest loss.
         seed: seed of the attack's random draws, any integer number in ``[-2**127, 2**127)``; ``None``
@@ -208,17 +279,39 @@ class Attack(ABC):
         return fit_budget(delta.detach(), x, self.eps, self.norm, dtype)
 
     def _objective(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
-        """Per-sample loss to *maximise*, shape (N,)."""
-        num_classes = logits.shape[1]
-        if self._max_label >= num_classes:
-            raise ValueError(f"y must hold labels in [0, {num_classes - 1}] (the model has {num_classes} logits), "
-                             f"got max {self._max_label}")
+        """Per-sample loss to *maximise*, shape (N,).
+
+        Targeted calls (``y`` holds targets ``t``) maximise ``−CE(z, t)``, the margin ``z_t − max_{j≠t} z_j``,
+        or for ``"dlr"`` the targeted DLR whose "true" logit is the largest non-target one: a targeted call
+        does not know the true label, and while the true class is the strongest non-target class (the case
+        at the start of an attack on a correctly classified image) the two are the same logit.  Either way
+        the margin and DLR objectives are positive exactly when the model predicts ``t``.
+        """
+        self._check_labels(logits.shape[1])
         if self.loss == "ce":
             ce = F.cross_entropy(logits, y, reduction="none")
             return -ce if targeted else ce
+        if self.loss == "dlr":
+            if not targeted:
+                return self._dlr_objective(logits, y)
+            strongest_other = logits.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
+            return self._dlr_objective(logits, strongest_other, y)
         true = logits.gather(1, y[:, None]).squeeze(1)
         others = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
         return true - others if targeted else others - true
+
+    @staticmethod
+    def _dlr_objective(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """:func:`dlr_loss` (``target`` None) or :func:`targeted_dlr_loss` as an attack objective: the same
+        values, with the gradient of :func:`_ratio_objective` (the ratio's times its positive denominator)."""
+        terms = _dlr_terms(logits, y) if target is None else _targeted_dlr_terms(logits, y, target)
+        return _ratio_objective(*terms)
+
+    def _check_labels(self, num_classes: int) -> None:
+        """``ValueError`` unless the call's labels (largest: read once per call) index the model's logits."""
+        if self._max_label >= num_classes:
+            raise ValueError(f"y must hold labels in [0, {num_classes - 1}] (the model has {num_classes} logits), "
+                             f"got max {self._max_label}")
 
     def _loss_and_grad(
         self, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool, wrt: list[torch.Tensor] | None = None
@@ -229,11 +322,20 @@ class Attack(ABC):
         that of ``s · Σ objective`` with ``s`` the call's loss scale (see the module docstring): the steps
         normalise it per sample, so only its direction matters.
         """
+        _, objective, grads = self._logits_loss_and_grad(x_adv, y, targeted, wrt)
+        return objective, grads
+
+    def _logits_loss_and_grad(
+        self, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool, wrt: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """:meth:`_loss_and_grad` that also returns the (detached) logits at ``x_adv``, first: for attacks that
+        track which iterates fool the model without another forward pass."""
         wrt = [x_adv] if wrt is None else wrt
-        objective = self._objective(self._logits(x_adv), y, targeted)
+        logits = self._logits(x_adv)
+        objective = self._objective(logits, y, targeted)
         total = objective.sum()
         grads = torch.autograd.grad(total * self._scale if self._scale != 1.0 else total, wrt)
-        return objective.detach(), list(grads)
+        return logits.detach(), objective.detach(), list(grads)
 
     def _noise(self, kind: str, shape: tuple[int, ...], restart: int, like: torch.Tensor,
                purpose: str = "start") -> torch.Tensor:
@@ -272,9 +374,14 @@ class Attack(ABC):
     def _outcome(self, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             logits = self._logits(x_adv)
-            pred = logits.argmax(dim=1)
-            fooled = pred == y if targeted else pred != y
-            return fooled, self._objective(logits, y, targeted)
+            return self._fooled(logits, y, targeted), self._objective(logits, y, targeted)
+
+    @staticmethod
+    def _fooled(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+        """Per sample, whether ``logits`` meet the attack's goal: predict the target ``y`` (targeted) or
+        anything but the label ``y``."""
+        pred = logits.argmax(dim=1)
+        return pred == y if targeted else pred != y
 
     @staticmethod
     def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> int:
