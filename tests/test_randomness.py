@@ -136,3 +136,58 @@ def test_bad_arguments():
         Noise(keys, 0).draw("cauchy", SHAPE, 0, "start")
     with pytest.raises(ValueError, match="keys must be a 1-D int64 tensor"):
         Noise(keys.float(), 0)
+
+
+def _signed32(word: int) -> int:
+    word &= (1 << 32) - 1
+    return word - (1 << 32) if word >> 31 else word
+
+
+def _reference_draw(keys: list[int], kind: str, shape: tuple[int, ...], seed: int, restart: int,
+                    purpose: str) -> np.ndarray:
+    """The module docstring's formulas on Python integers (float64 arithmetic), sample by sample."""
+    m = math.prod(shape)
+    h = (m + 1) // 2
+    phi = 0x9E3779B97F4A7C15
+    s = stream(seed, restart, f"{kind}/{purpose}")
+    rows = []
+    for key in keys:
+        base = mix64_int(key + s)
+        words = [mix64_int(base + (k + 1) * phi) for k in range(h)]
+        a = [_signed32(w) >> 8 for w in words]  # bits 8–31 (Python's >> floors, as an arithmetic shift)
+        b = [_signed32(w >> 32) >> 8 for w in words]  # bits 40–63
+        if kind == "normal":
+            rho = [math.sqrt(-2 * math.log(0.5 - bk * 2.0**-24)) for bk in b]
+            theta = [2 * math.pi * ak * 2.0**-24 for ak in a]
+            values = [r * math.cos(t) for r, t in zip(rho, theta)] + [r * math.sin(t) for r, t in zip(rho, theta)]
+        else:
+            fields = [f for pair in zip(a, b) for f in pair]
+            values = [f * 2.0**-24 + 0.5 if kind == "unit" else f * 2.0**-23 for f in fields]
+        rows.append(values[:m])
+    return np.array(rows).reshape(len(keys), *shape)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 3, 3), (1,)])  # even, odd and one entry
+def test_draws_follow_the_documented_formulas(kind, shape):
+    """Two entries per word: the uniforms of both 24-bit fields, Box–Muller's cosine and sine of one pair."""
+    x = _batch(3)
+    draws = Noise(sample_keys(x), 11).draw(kind, shape, 2, "start")
+    assert draws.dtype == torch.float32 and draws.shape == (3, *shape)
+    expected = _reference_draw(sample_keys(x).tolist(), kind, shape, 11, 2, "start")
+    if kind == "normal":  # float32 log, sqrt, cos and sin: a few ulps of values below 5.8
+        np.testing.assert_allclose(draws.double().numpy(), expected, rtol=0, atol=4e-6)
+    else:  # 24-bit fields scaled by powers of two: exact in float32
+        np.testing.assert_array_equal(draws.double().numpy(), expected)
+
+
+def test_draws_are_float32_whatever_the_default_dtype():
+    keys = sample_keys(_batch())
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        draws = {kind: Noise(keys, 0).draw(kind, SHAPE, 0, "start") for kind in KINDS}
+    finally:
+        torch.set_default_dtype(previous)
+    assert all(d.dtype == torch.float32 for d in draws.values())
+    assert all(torch.equal(d, _draw(_batch(), kind)) for kind, d in draws.items())

@@ -26,7 +26,7 @@ from torch import nn
 from ..checks import check_int, check_number
 from .base import Attack
 from .precision import WORK_DTYPE, check_budget
-from .projections import ascend_, box_bounds, clip_unit, per_sample_norm, project_
+from .projections import ascend_, box_bounds, per_sample_norm, project_
 
 __all__ = ["PGD", "default_alpha"]
 
@@ -100,12 +100,12 @@ class PGD(Attack):
         if not self.random_start:
             return x.clone(memory_format=torch.preserve_format)
         if self.norm == "linf":
-            delta = self.eps * self._noise("uniform", tuple(x.shape[1:]), restart, x)
+            start = self._noise("uniform", tuple(x.shape[1:]), restart, x).mul_(self.eps)
         else:
-            direction = self._noise("normal", tuple(x.shape[1:]), restart, x)
+            start = self._noise("normal", tuple(x.shape[1:]), restart, x)
             radius = self._noise("unit", (1, 1, 1), restart, x) * self.eps
-            delta = direction / per_sample_norm(direction, "l2")[:, None, None, None] * radius
-        return clip_unit(x + delta)
+            start.mul_(radius / per_sample_norm(start, "l2")[:, None, None, None])
+        return start.add_(x).clamp_(0.0, 1.0)  # the noise tensor, owned by this call, becomes the iterate
 
     def _project(self, x_adv: torch.Tensor, x: torch.Tensor, step: int, scratch: torch.Tensor,
                  box: tuple[torch.Tensor, torch.Tensor] | None) -> None:

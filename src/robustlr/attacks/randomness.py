@@ -27,17 +27,33 @@ integer sums are exact, so the key of a sample is the same in any batch.
 
 **Noise** (:class:`Noise`).  A draw is addressed by a *stream* ``s = stream(seed, restart, purpose)`` (a
 64-bit hash of the three, computed on the host from Python numbers: no tensor is read) and a per-sample base
-``β_n = mix64(k_n + s)``; the ``j``-th 64-bit word of sample ``n`` is splitmix64's output
-``w_{n,j} = mix64(β_n + (j+1)·φ)`` (a counter-based generator: any word can be computed independently).
-Uniforms take 24 bits, ``u = ⌊w / 2⁴⁰⌋ · 2⁻²⁴ ∈ [0, 1)``, exact in float32 (a 24-bit mantissa); Gaussians use
-Box–Muller on two 24-bit fields of one word, ``√(−2 ln(1 − u₁)) · cos(2π u₂)``.  The noise is float32 (the
-attacks' working dtype; wider working dtypes get it upcast) and in the memory format asked for.
+``β_n = mix64(k_n + s)``; the ``k``-th 64-bit word of sample ``n`` is splitmix64's output
+``w_{n,k} = mix64(β_n + (k+1)·φ)`` (a counter-based generator: any word can be computed independently).
+A draw of ``m`` entries (``m`` = the product of its shape, taken in logical order) uses ``h = ⌈m/2⌉`` words,
+two entries per word.  Each word holds two signed 24-bit fields, the top 24 bits of its two 32-bit halves
+read as two's-complement integers (an arithmetic shift, i.e. floor division by 2⁸),
+
+    a_{n,k} = ⌊lo(w_{n,k}) / 2⁸⌋,   b_{n,k} = ⌊hi(w_{n,k}) / 2⁸⌋   ∈ [−2²³, 2²³)
+
+(``lo``, ``hi``: bits 0–31 and 32–63 as signed 32-bit integers; the fields are bits 8–31 and 40–63).
+
+* Uniforms: entries ``2k`` and ``2k+1`` come from ``f = a_k`` and ``f = b_k``: ``"unit"`` is
+  ``f·2⁻²⁴ + ½ ∈ [0, 1)`` and ``"uniform"`` is ``f·2⁻²³ ∈ [−1, 1)``, both exact in float32 (a 24-bit
+  mantissa).
+* Gaussians: Box–Muller with both outputs of a pair, ``ρ_k = √(−2 ln(½ − b_k·2⁻²⁴))`` (the argument is
+  ``1 − u`` for the unit ``u`` of ``b_k``, in ``(0, 1]``, so ``ρ_k ≤ √(48 ln 2) ≈ 5.77``) and ``θ_k = 2π·a_k·2⁻²⁴ ∈ [−π, π)``; entry ``k`` is
+  ``ρ_k cos θ_k`` and entry ``h + k`` is ``ρ_k sin θ_k`` (an odd ``m`` drops the last sine).
+
+The noise is float32 (the attacks' working dtype; wider working dtypes get it upcast) and in the memory
+format asked for.  The halves of a word are read through an int32 view of the int64 words, whose order in
+memory is the host's byte order: on a big-endian host they are swapped back, so the numbers are the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import sys
 
 import torch
 
@@ -60,6 +76,7 @@ _C1 = _signed(0xBF58476D1CE4E5B9)
 _C2 = _signed(0x94D049BB133111EB)
 _M32 = 0x9E3779B1 - (1 << 32)
 _UNIT = 2.0**-24
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def _shr(z: torch.Tensor, bits: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,6 +84,12 @@ def _shr(z: torch.Tensor, bits: int, out: torch.Tensor | None = None) -> torch.T
     width = 8 * z.element_size()
     shifted = z >> bits if out is None else torch.bitwise_right_shift(z, bits, out=out)
     return shifted.bitwise_and_((1 << (width - bits)) - 1)
+
+
+def _float32(fields: torch.Tensor, factor: float) -> torch.Tensor:
+    """``fields · factor`` as float32 in one pass (the factor is a float32 scalar, so the result is float32
+    whatever torch's default dtype)."""
+    return torch.mul(fields, torch.tensor(factor, dtype=torch.float32))
 
 
 def mix64(z: torch.Tensor) -> torch.Tensor:
@@ -126,29 +149,40 @@ class Noise:
         self.keys = keys
         self.seed = seed
 
-    def words(self, shape: tuple[int, ...], restart: int, purpose: str,
-              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-        """The 64-bit words ``w_{n,j}`` of shape ``(N, *shape)``: ``j`` runs over ``shape`` in logical order,
-        the result has ``memory_format`` (``channels_last`` needs a 3-entry ``shape``)."""
-        n = self.keys.shape[0]
+    def words(self, count: int, restart: int, purpose: str) -> torch.Tensor:
+        """The 64-bit words ``w_{n,k}``, ``k < count``, of ``(restart, purpose)``: shape ``(N, count)``."""
         base = mix64(self.keys + stream(self.seed, restart, purpose))
-        counter = torch.arange(1, 1 + math.prod(shape), device=self.keys.device, dtype=torch.int64).mul_(_PHI)
-        out = torch.empty((n, *shape), device=self.keys.device, dtype=torch.int64, memory_format=memory_format)
-        torch.add(base.view((n,) + (1,) * len(shape)), counter.view(shape), out=out)
-        return mix64(out)
+        counter = torch.arange(1, 1 + count, device=self.keys.device, dtype=torch.int64).mul_(_PHI)
+        return mix64(torch.add(base[:, None], counter))
+
+    def fields(self, count: int, restart: int, purpose: str) -> torch.Tensor:
+        """The signed 24-bit fields ``(a_{n,k}, b_{n,k})`` of ``count`` words, int32 of shape ``(N, count, 2)``,
+        computed in place over the words' memory."""
+        halves = self.words(count, restart, purpose).view(torch.int32).view(-1, count, 2)
+        if _BIG_ENDIAN:  # the view put each word's high half first
+            halves = halves.flip(-1)
+        return halves.bitwise_right_shift_(8)
 
     def draw(self, kind: str, shape: tuple[int, ...], restart: int, purpose: str,
              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-        """A float32 tensor ``(N, *shape)`` of ``kind`` (:data:`KINDS`) for ``(restart, purpose)``."""
+        """A float32 tensor ``(N, *shape)`` of ``kind`` (:data:`KINDS`) for ``(restart, purpose)``, in
+        ``memory_format`` (``channels_last`` needs a 3-entry ``shape``)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        w = self.words(shape, restart, f"{kind}/{purpose}", memory_format)
+        m = math.prod(shape)
+        count = (m + 1) // 2
+        f = self.fields(count, restart, f"{kind}/{purpose}")
+        n = f.shape[0]
         if kind == "normal":
-            angle = _shr(w, 16).bitwise_and_(0xFFFFFF).to(torch.float32).mul_(2 * torch.pi * _UNIT)
-        high = _shr(w, 40, out=w).to(torch.float32).mul_(_UNIT)
-        if kind == "unit":
-            return high
-        if kind == "uniform":
-            return high.mul_(2.0).sub_(1.0)
-        return high.neg_().log1p_().mul_(-2.0).sqrt_().mul_(angle.cos_())
-
+            radius = _float32(f[..., 1], -_UNIT).add_(0.5).log_().mul_(-2.0).sqrt_()
+            angle = _float32(f[..., 0], 2 * math.pi * _UNIT)
+            out = torch.empty((n, 2, count), device=f.device, dtype=torch.float32)
+            torch.cos(angle, out=out[:, 0])
+            torch.sin(angle, out=out[:, 1])
+            out.mul_(radius[:, None])
+        elif kind == "uniform":
+            out = _float32(f, 2 * _UNIT)
+        else:
+            out = _float32(f, _UNIT).add_(0.5)
+        out = out.view(n, 2 * count)[:, :m].reshape(n, *shape)
+        return out.contiguous(memory_format=memory_format)
