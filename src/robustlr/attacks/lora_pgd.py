@@ -23,6 +23,11 @@ the best rank-r approximation of a one-step gradient perturbation ``Δ₀ = P Σ
 Restarts beyond the first always use the ``"lora"`` init (the ``"svd"`` start is deterministic).
 The L∞ variant is robustlr's own extension (the paper treats L2 only); docs/attacks.md reports how it
 compares with PGD-L∞.
+
+A step costs one forward and backward pass of the model, three products of an image-sized tensor with a
+factor (``UV``, ``M Vᵀ``, ``Uᵀ M``, with ``M`` the gradient behind the clip) and a few elementwise passes over
+two image-sized buffers reused by every step: the backward pass through the clip and (for L2) the
+rescaling is written out (:meth:`LoRaPGD._l2_factor_grads`); L∞'s rescaling goes through autograd.
 """
 
 from __future__ import annotations
@@ -142,14 +147,75 @@ class LoRaPGD(Attack):
             u, v = self._svd_init(x, y, targeted, r)
         else:
             u, v = self._lora_init(x, r, restart)
+        # two image-sized buffers reused by every step: ``p`` (D, then x + ε·D/‖D‖, then the clip's mask, then
+        # the gradient behind the clip) and the iterate ``x_adv`` fed to the model
+        p = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        x_adv = torch.empty_like(x)
+        factor_grads = self._l2_factor_grads if self.norm == "l2" else self._autograd_factor_grads
         for _ in range(steps):
-            u.requires_grad_(True)
-            v.requires_grad_(True)
-            x_adv = clip_unit(x + _ScaledForward.apply(self._direction(u, v), self.eps))
-            _, (g_u, g_v) = self._loss_and_grad(x_adv, y, targeted, wrt=[u, v])
-            u = u.detach() + normalize_per_sample(g_u, "l2")
-            v = v.detach() + normalize_per_sample(g_v, "l2")
-        return u.detach(), v.detach()
+            g_u, g_v = factor_grads(x, y, targeted, u, v, p, x_adv)
+            u = u + normalize_per_sample(g_u, "l2")
+            v = v + normalize_per_sample(g_v, "l2")
+        return u, v
+
+    def _masked_grad(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, p: torch.Tensor,
+                     x_adv: torch.Tensor) -> torch.Tensor:
+        """With ``p = x + ε·d`` on entry: the gradient of the loss at ``x_adv = clip_[0,1](p)`` with respect to
+        ``p`` (the clip's Jacobian: the loss gradient where ``0 ≤ p ≤ 1``, zero elsewhere, as autograd's clamp
+        has it), written into ``p``, which it returns.  ``x_adv`` is the iterate's buffer."""
+        torch.clamp(p, 0.0, 1.0, out=x_adv)
+        x_adv.requires_grad_(True)
+        _, (grad,) = self._loss_and_grad(x_adv, y, targeted)
+        x_adv.requires_grad_(False)  # the graph is freed: the buffer is rewritten at the next step
+        torch.eq(p, x_adv, out=p)  # 1 where the clip let p through (0 ≤ p ≤ 1), else 0: float arithmetic only
+        return torch.mul(grad, p, out=p)
+
+    def _l2_factor_grads(
+        self, x: torch.Tensor, y: torch.Tensor, targeted: bool, u: torch.Tensor, v: torch.Tensor,
+        p: torch.Tensor, x_adv: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factor gradients ``(G_U, G_V)`` of the L2 objective, up to the positive factor ``ε``, with the
+        backward pass of ``D ↦ D/(‖D‖ + tiny)`` written out (Jacobian ``(I − D Dᵀ/(‖D‖(‖D‖+tiny)))/(‖D‖+tiny)``).
+
+        With ``a = 1/(‖D‖ + tiny)`` and ``M`` the gradient behind the clip (:meth:`_masked_grad`), the
+        gradient with respect to ``D`` is ``a·M − (⟨M, D⟩ a²/‖D‖)·D`` (the second term 0 where ``D = 0``, as
+        autograd's norm has it), and ``D = UV`` gives
+
+            G_U = a·M Vᵀ − c·U (V Vᵀ),   G_V = a·Uᵀ M − c·(UᵀU) V,   c = ⟨M, D⟩ a²/‖D‖,
+
+        with ``⟨M, D⟩ = ⟨M Vᵀ, U⟩``: only the two products with ``M`` and one with ``U·V`` touch image-sized
+        tensors.  The factor ``ε`` of ``x + ε·D/‖D‖`` is left out of the backward pass: the updates normalise
+        the gradients per sample, so it does not change them, and with it a large ε overflowed the
+        ``1/tiny`` of the ``V = 0`` start.
+        """
+        d = torch.matmul(u, v, out=p)
+        norm = per_sample_norm(d, "l2")
+        inv = 1.0 / (norm + TINY)
+        # ε·a is finite: a ≤ 1/tiny = 1e12 and the L2 budget is below 1e19 (precision.check_budget)
+        torch.addcmul(x, d, (inv * self.eps)[:, None, None, None], out=p)
+        masked = self._masked_grad(x, y, targeted, p, x_adv)
+        m_vt = masked @ v.mT
+        ut_m = u.mT @ masked
+        inner = (m_vt * u).sum(dim=(1, 2, 3))
+        c = torch.where(norm > 0, inner * inv * inv / norm, torch.zeros_like(norm))[:, None, None, None]
+        inv = inv[:, None, None, None]
+        g_u = (m_vt * inv).sub_(u @ (v @ v.mT) * c)
+        g_v = (ut_m * inv).sub_((u.mT @ u) @ v * c)
+        return g_u, g_v
+
+    def _autograd_factor_grads(
+        self, x: torch.Tensor, y: torch.Tensor, targeted: bool, u: torch.Tensor, v: torch.Tensor,
+        p: torch.Tensor, x_adv: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factor gradients ``(G_U, G_V)``, up to the positive factor ``ε`` (see :meth:`_l2_factor_grads`),
+        by autograd through :meth:`_direction` (any norm; the L∞ attack's path)."""
+        u = u.detach().requires_grad_(True)
+        v = v.detach().requires_grad_(True)
+        direction = self._direction(u, v)
+        torch.add(x, direction.detach(), alpha=self.eps, out=p)
+        masked = self._masked_grad(x, y, targeted, p, x_adv)
+        g_u, g_v = torch.autograd.grad(direction, [u, v], masked)
+        return g_u, g_v
 
     def _lora_init(self, x: torch.Tensor, r: int, restart: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, h, w = x.shape
@@ -167,19 +233,3 @@ class LoRaPGD(Attack):
         v = (root[..., :, None] * qh[..., :r, :]).to(x.dtype)
         return u, v
 
-
-class _ScaledForward(torch.autograd.Function):
-    """``t ↦ ε·t`` whose backward passes the gradient through unscaled.
-
-    The factor updates normalise their gradients per sample, so a positive global factor does not change
-    them; leaving ``ε`` out of the backward keeps it finite for any representable ε (with ε in it, the
-    ``1/TINY`` of the ``V = 0`` start times a large ε overflowed and the steps became 0 or NaN).
-    """
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
-        return t * eps
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad, None
