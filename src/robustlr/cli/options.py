@@ -203,9 +203,18 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_data_options(p: argparse.ArgumentParser, split: str = "test", n: int | None = 1000) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="fashion-mnist", help="dataset name (default: %(default)s)")
+    g.add_argument("--data", default="fashion-mnist",
+                   help="dataset name; folder: your image folder (DIR/train/<class>/*.jpg, DIR/val/<class>/*.jpg), "
+                        "file: your .npz/.pt tensor file, both at --data-root (default: %(default)s)")
     g.add_argument("--data-root", metavar="DIR", help="the only directory looked in for the dataset files (default: "
-                                                     "$ROBUSTLR_DATA, ~/.cache/robustlr, /usr/share/datasets)")
+                                                     "$ROBUSTLR_DATA, ~/.cache/robustlr, /usr/share/datasets); the "
+                                                     "folder's root for --data folder, the file for --data file")
+    g.add_argument("--image-size", type=integer(1), metavar="N",
+                   help="--data folder: resize every image (shorter side round(N*256/224), centre crop N); default: "
+                        "images keep their size, which must be the same for all")
+    g.add_argument("--workers", type=integer(0, "0 = the main process"), metavar="N",
+                   help="processes that load (decode) batches in parallel (default: min(4, CPUs) for --data folder, "
+                        "0 for data held in memory)")
     g.add_argument("--download", action="store_true", help="download (checksum-verified) if not found locally")
     g.add_argument("--split", default=split, choices=["train", "test"], help="default: %(default)s")
     g.add_argument("--n", type=integer(0, "0 = all"), default=n,

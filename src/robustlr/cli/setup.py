@@ -66,18 +66,31 @@ def check_counts(args: argparse.Namespace) -> None:
 
 
 def load_data(args: argparse.Namespace, split: str | None = None) -> ImageDataset:
-    """The dataset of ``--data``/``--split``, restricted to the first ``--n`` images (0 or None: all).
+    """The dataset of ``--data``/``--split`` (``--image-size`` for a folder), restricted to the first ``--n``
+    images (0 or None: all), loaded by ``--workers`` processes (None: the dataset's default).
 
     Raises:
-        ValueError: naming ``--data`` for an unknown dataset (listing the known ones) or a bad file, and
-            ``--n`` if it is negative.
+        ValueError: naming ``--data`` for an unknown dataset (listing the known ones) or a bad file (naming it),
+            ``--n`` if it is negative, ``--workers`` if negative, ``--image-size`` for a dataset other than a folder.
     """
     check_choice("--data", args.data, DATASET_NAMES)
     n = getattr(args, "n", None)
     if n is not None:
         check_int("--n", n, 0, "0 = all")
-    with cli_names({"name": "--data", "split": "--split", "root": "--data-root"}, f"--data {args.data}"):
-        data = load_dataset(args.data, split or args.split, root=args.data_root, download=args.download)
+    workers, image_size = getattr(args, "workers", None), getattr(args, "image_size", None)
+    if workers is not None:
+        check_int("--workers", workers, 0, "0 = the main process")
+    options = {}
+    if args.data == "folder":
+        options = {"image_size": image_size, "workers": workers}
+    elif image_size is not None:
+        raise CliError(f"--image-size applies to --data folder only (the images of --data {args.data} keep their "
+                       f"size); got --image-size {image_size}")
+    renames = {"name": "--data", "split": "--split", "root": "--data-root", "image_size": "--image-size"}
+    with cli_names(renames, f"--data {args.data}"):
+        data = load_dataset(args.data, split or args.split, root=args.data_root, download=args.download, **options)
+    if workers is not None:
+        data.workers = workers
     return data.subset(range(min(n, len(data)))) if n else data
 
 
@@ -145,7 +158,7 @@ def check_model_fits(model: nn.Module, data: ImageDataset, args: argparse.Namesp
             the first line of the model's own error when its forward pass fails.
     """
     shape = tuple(data.image_shape)
-    x = data.images[:2].to(device)
+    x = data[:2][0].to(device)
     model_is = f"the model ({model_source(args)})"
     try:
         with torch.no_grad(), eval_mode(model):

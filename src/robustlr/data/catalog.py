@@ -26,6 +26,7 @@ __all__ = [
     "STORED_DATASETS",
     "RemoteFile",
     "StoredDataset",
+    "USER_DATASETS",
 ]
 
 SPLITS = ("train", "test")
@@ -136,7 +137,11 @@ STORED_DATASETS: dict[str, StoredDataset] = {
 GENERATED_DATASETS = ("digits", "synthetic")
 """Datasets built in memory: scikit-learn's 8x8 digits and seeded synthetic images."""
 
-DATASET_NAMES = (*STORED_DATASETS, *GENERATED_DATASETS)
+USER_DATASETS = ("folder", "file")
+"""Your own data, at the ``root`` you name: an image folder (:mod:`robustlr.data.folder`) or a tensor file
+(:mod:`robustlr.data.tensor_file`)."""
+
+DATASET_NAMES = (*STORED_DATASETS, *GENERATED_DATASETS, *USER_DATASETS)
 
 
 def _idx_remote_files(base_url: str, checksums: Mapping[str, tuple[str, str]]) -> tuple[RemoteFile, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .catalog import SPLITS
@@ -14,7 +15,8 @@ _SPLIT_SEED = 0
 
 
 def load_digits(split: str) -> ImageDataset:
-    """The 1797 8x8 digit images, scaled from ``[0, 16]`` to ``[0, 1]``, shape ``(N, 1, 8, 8)``.
+    """The 1797 8x8 digit images, scaled from ``[0, 16]`` to ``[0, 1]``, shape ``(N, 1, 8, 8)`` (stored as
+    uint8 values 0..16, ``levels`` 16).
 
     The data has no official split: a fixed permutation (seed 0) puts one fifth of the images (359)
     in ``"test"`` and the rest (1438) in ``"train"``, the same on every call.
@@ -31,10 +33,11 @@ def load_digits(split: str) -> ImageDataset:
             "the 'digits' dataset needs scikit-learn: pip install scikit-learn (or robustlr[digits])"
         ) from error
     bunch = sklearn_load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16).unsqueeze(1)
+    images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)  # integers 0..16, stored as floats
     labels = torch.as_tensor(bunch.target, dtype=torch.long)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_SPLIT_SEED))
     n_test = len(labels) // 5
     chosen = order[:n_test] if split == "test" else order[n_test:]
     chosen = chosen.sort().values
-    return ImageDataset(images[chosen], labels[chosen], name="digits", classes=[str(digit) for digit in range(10)])
+    return ImageDataset(images[chosen], labels[chosen], name="digits", classes=[str(digit) for digit in range(10)],
+                        levels=16)

@@ -1,5 +1,9 @@
 """Batches of ``(x, y)`` for evaluation, from a tensor pair, a torch Dataset or a DataLoader.
 
+A robustlr dataset (:class:`robustlr.data.ImageDataset`, also a lazily decoded
+:class:`~robustlr.data.FolderDataset`) is read through :func:`robustlr.data.make_loader`: whole batches, decoded
+by the dataset's worker processes while the model works.
+
 Whatever the source, batches are re-chunked to exactly ``batch_size`` samples (the last one smaller), in the
 source's order, and cut after the first ``n`` samples; every batch is checked to hold finite float images
 ``(N, C, H, W)`` and ``N`` integer labels (on the host); their values (finite, in ``[0, 1]``) are checked by the
@@ -14,6 +18,8 @@ from typing import Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from robustlr.data import ImageDataset, make_loader
 
 from .guards import image_stats, raise_images
 
@@ -41,8 +47,10 @@ def iter_batches(data: Data, batch_size: int, n: int | None) -> tuple[Iterator[B
         total = _length(data)
         if total is None:
             raise ValueError(f"data must be a Dataset with a length, got {type(data).__name__} without __len__")
-        subset = data if n is None or n >= total else Subset(data, range(n))
-        source = DataLoader(subset, batch_size=batch_size, shuffle=False)
+        if isinstance(data, ImageDataset):
+            source = make_loader(data if n is None or n >= total else data.subset(range(n)), batch_size)
+        else:
+            source = DataLoader(data if n is None or n >= total else Subset(data, range(n)), batch_size=batch_size)
     else:
         raise ValueError(
             f"data must be an (x, y) tensor pair, a torch Dataset or a DataLoader, got {type(data).__name__}"

@@ -1,11 +1,13 @@
-"""The training batches of one epoch, with the dataset index of every sample, sharded over processes.
+"""The training batches of every epoch of a run, with the dataset index of every sample, sharded over processes.
 
-The order and the augmentation are :func:`robustlr.data.make_loader`'s (seeded by the epoch): this module
-iterates that loader's own batch sampler and collate step, so a single process sees exactly the batches the
-loader yields, and additionally learns each sample's index in the training split (needed by the warm-start
-bank of adversarial training). In a distributed run every process draws the same global batch (same
-permutation, same augmentation of all of it) and keeps its contiguous block of it
-(:meth:`~robustlr.train.distributed.Distributed.shard`), so the union of the shards is the single-process batch.
+One loader (:func:`robustlr.data.make_loader`, its worker processes kept for the whole run) serves every epoch:
+epoch ``e`` reseeds its order and augmentation with the epoch's seed (:func:`robustlr.train.trainer.epoch_seed`),
+so a single process sees exactly the batches of ``make_loader(train, batch_size, shuffle=True, seed=epoch_seed,
+augment=augment)``'s first pass, and additionally learns each sample's index in the training split (needed by the
+warm-start bank of adversarial training). In a distributed run every process draws the same global order and
+fetches only its contiguous block of each global batch (:meth:`~robustlr.train.distributed.Distributed.shard`):
+augmentation is seeded per sample (:mod:`robustlr.data.seeding`), so the union of the shards is the
+single-process batch, and a resumed epoch skips its first batches without fetching them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from robustlr.data import ImageDataset, make_loader
 
 from .step import BatchContext
 
-__all__ = ["Batch", "EpochBatches"]
+__all__ = ["Batch", "TrainBatches"]
 
 
 @dataclass(frozen=True)
@@ -32,35 +34,32 @@ class Batch:
     context: BatchContext
 
 
-class EpochBatches:
-    """The batches of epoch ``epoch`` (iterable once, like a loader pass; ``len`` is the number of batches).
+class TrainBatches:
+    """The batches of each epoch of a run (``len`` is the number of batches of an epoch).
 
     Args:
         dataset: the training split.
         batch_size: samples per global batch.
-        seed: seed of the order and the augmentation (:func:`robustlr.train.trainer.epoch_seed`).
-        augment: random crop and flip, as :func:`robustlr.data.make_loader` does it.
-        epoch: the epoch number recorded in each batch's context.
-        shard: ``n -> range`` of the positions of a global batch of ``n`` samples that this process keeps.
+        augment: the dataset's training augmentation (:func:`robustlr.data.make_loader`).
+        shard: ``n -> range`` of the positions of a global batch of ``n`` samples that this process fetches.
+        workers: loader processes (``None``: the dataset's default: 0 in memory, up to 4 for a folder).
+        pin_memory: page-lock the batches (training on CUDA).
     """
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, augment: bool, epoch: int,
-                 shard: Callable[[int], range]) -> None:
-        self.dataset = dataset
-        self.loader = make_loader(dataset, batch_size, shuffle=True, seed=seed, augment=augment)
-        self.epoch = epoch
-        self.shard = shard
+    def __init__(self, dataset: ImageDataset, batch_size: int, augment: bool, shard: Callable[[int], range], *,
+                 workers: int | None = None, pin_memory: bool = False) -> None:
+        self.loader = make_loader(dataset, batch_size, shuffle=True, augment=augment, workers=workers,
+                                  pin_memory=pin_memory, shard=shard)
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[Batch]:
-        # make_loader passes a BatchSampler as the loader's sampler (batch_size=None): it yields index lists,
-        # and the loader fetches dataset[indices] and applies collate_fn. The same two steps here keep the ids.
-        for index, ids in enumerate(self.loader.sampler):
-            images, labels = self.loader.collate_fn(self.dataset[ids])
-            keep = self.shard(len(ids))
-            positions = torch.arange(keep.start, keep.stop)
-            context = BatchContext(self.epoch, index, torch.as_tensor(ids, dtype=torch.long)[positions], positions,
-                                   len(ids))
-            yield Batch(images[positions], labels[positions], context)
+    def epoch(self, epoch: int, seed: int, start: int = 0) -> Iterator[Batch]:
+        """This process's part of the batches ``start, start + 1, …`` of epoch ``epoch``, ordered and augmented
+        from ``seed``; each batch's context records the epoch."""
+        self.loader.sampler.reseed(seed, start)
+        for fetched in self.loader.fetched():
+            request = fetched.request
+            positions = torch.arange(request.offset, request.offset + len(request.positions))
+            context = BatchContext(epoch, request.index, request.positions, positions, request.size)
+            yield Batch(fetched.images, fetched.labels, context)

@@ -12,7 +12,7 @@ of state (see :mod:`robustlr.train.checkpointing`), so a run resumed after a cra
 bit for bit on the CPU, as an uninterrupted one.
 
 Distributed runs (``torchrun`` or ``robustlr train --nproc N``; :mod:`robustlr.train.distributed`): the model is
-wrapped in DDP, every process takes its block of each global batch (:mod:`robustlr.train.batches`) and attacks
+wrapped in DDP, every process fetches its block of each global batch (:mod:`robustlr.train.batches`) and attacks
 it, the step is the single-process step on the global batch (:mod:`robustlr.train.step`), the replicas are
 checked identical every epoch (:mod:`robustlr.train.replicas`), validation and the final evaluation are
 sharded, and rank 0 alone logs and writes files. A stop signal reaching any process stops all of them at the
@@ -41,7 +41,7 @@ from robustlr.files import read_torch
 from robustlr.report import atomic_write_text, write_report
 
 from .adversarial import AdversarialTraining
-from .batches import EpochBatches
+from .batches import TrainBatches
 from .checkpointing import RunPaths, TrainState, read_resume, restore, rng_state, save_resume, save_weights
 from .config import RESUME_MAY_DIFFER, TrainConfig, config_differences
 from .distributed import Distributed
@@ -209,8 +209,10 @@ class _Run:
     def run_epochs(self, stop: StopSignals) -> None:
         stepper = Stepper(self.group.wrap(self.model), self.optimizer, self.transform, module=self.model,
                           world_size=self.group.world_size, reduce=self.group.sum, precision=self.precision)
+        batches = TrainBatches(self.data.train, self.config.batch_size, self.config.augment, self.group.shard,
+                               pin_memory=self.device.type == "cuda")
         for epoch in range(self.state.epoch + 1, self.config.epochs + 1):
-            self._train_batches(stepper, epoch, stop)
+            self._train_batches(stepper, batches, epoch, stop)
             self._finish_epoch(epoch)
             signum = self._stop_requested(stop)
             if signum is not None:
@@ -223,16 +225,14 @@ class _Run:
             return None
         return stop.signum if stop.signum is not None else signal.SIGTERM
 
-    def _train_batches(self, stepper: Stepper, epoch: int, stop: StopSignals) -> None:
+    def _train_batches(self, stepper: Stepper, batches: TrainBatches, epoch: int, stop: StopSignals) -> None:
         config, state = self.config, self.state
-        batches = EpochBatches(self.data.train, config.batch_size, epoch_seed(config.seed, epoch), config.augment,
-                               epoch, self.group.shard)
         adaptive = self.group.enabled and config.theta is not None
         with tqdm(total=len(batches), initial=state.batch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                   leave=False, disable=not self.progress) as bar:
-            for batch in batches:
-                if batch.context.index < state.batch:  # done before the interruption; drawn to replay augmentation
-                    continue
+            # a resumed epoch starts after the batches done before the interruption (not fetched: the order and
+            # the augmentation of every sample follow from the epoch's seed)
+            for batch in batches.epoch(epoch, epoch_seed(config.seed, epoch), start=state.batch):
                 tic = time.perf_counter()
                 try:
                     step = stepper(batch.x.to(self.device), batch.y.to(self.device), batch.context,
