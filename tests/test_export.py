@@ -208,6 +208,10 @@ class Custom(nn.Module):
     def width(self) -> int:
         return self.weight.shape[0]
 
+    @width.setter
+    def width(self, value: int) -> None:
+        raise AttributeError(f"width is {self.weight.shape[0]}")
+
     @staticmethod
     def squash(x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x) * math.pi
@@ -283,7 +287,8 @@ def test_generated_source_refuses_what_it_cannot_hold(model: nn.Module, message:
 def test_generated_source_refuses_hooks_and_checks_the_rebuild() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     model[0].register_forward_hook(lambda *args: None)
-    with pytest.raises(ValueError, match=r"cannot write 0 \(torch.nn.modules.linear.Linear\).*hooks \(_forward_hooks\)"):
+    with pytest.raises(ValueError, match=r"cannot write 0 \(torch.nn.modules.linear.Linear\).*hooks "
+                                         r"\(_forward_hooks\)"):
         module_source(model)
     with pytest.raises(ValueError, match=r"state-dict entry '0.weight' is \(\(3, 2\).*expected \(\(2, 2\)"):
         check_rebuilt(nn.Sequential(nn.Linear(2, 3)), nn.Sequential(nn.Linear(2, 2)), {})
@@ -381,9 +386,12 @@ def test_export_refuses_an_unfaithful_export_and_bad_inputs(trained, tmp_path: P
         arguments = {"images": images} | kwargs
         with pytest.raises(ValueError, match=message):
             export_model(model, tmp_path / "bad", **arguments)
-    onnx_ready = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
-    if not onnx_ready:
-        with pytest.raises(ValueError, match=r"format 'onnx' needs the packages onnx, onnxruntime; missing: .*pip install"):
+    if all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")):  # optional packages
+        record = export_model(model, tmp_path / "onnx", images, format="onnx", batch_size=16)
+        assert record["files"] == ["model.onnx"] and record["logits_check"]["max_abs_diff"] <= ATOL
+    else:
+        with pytest.raises(ValueError, match=r"format 'onnx' needs the packages onnx, onnxscript, onnxruntime; "
+                                             r"missing: .*pip install"):
             export_model(model, tmp_path / "onnx", images, format="onnx")
 
 
@@ -408,7 +416,8 @@ def test_cli_export(checkpoints, tmp_path: Path, capsys) -> None:
     counts = record["parameters"]
     assert f"low-rank {counts['lowrank']:,}" in printed and f"exported {counts['exported']:,}" in printed
     assert f"largest difference {record['logits_check']['max_abs_diff']:.3g}" in printed
-    assert sorted(p.name for p in out.iterdir()) == [".robustlr-output.json", "export.json", "model.py", "state_dict.pt"]
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [".robustlr-output.json", "export.json", "model.py", "state_dict.pt"]
     assert record["source"]["checkpoint"] == str(lowrank) and counts["exported"] < counts["lowrank"] < counts["dense"]
 
 
@@ -422,9 +431,9 @@ def test_cli_export_errors(checkpoints, tmp_path: Path, capsys) -> None:
     assert f"--checkpoint {dense} has no low-rank layer" in line and "--dense" in line
     assert "--format: invalid choice: 'zip'" in cli_error(["export", "--checkpoint", str(lowrank), "--format", "zip"],
                                                           capsys)
-    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
+    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime")):
         line = cli_error(["export", "--checkpoint", str(lowrank), "--format", "onnx", *out], capsys)
-        assert "--format 'onnx' needs the packages onnx, onnxruntime" in line and "pip install" in line
+        assert "--format 'onnx' needs the packages onnx, onnxscript, onnxruntime" in line and "pip install" in line
     assert not (tmp_path / "out").exists()
     assert main(["export", "--model", "lenet5", "--checkpoint", str(dense), "--dense", *out, "--n", "8"]) == 0
     assert json.loads((tmp_path / "out" / "export.json").read_text())["layers"] == "dense"

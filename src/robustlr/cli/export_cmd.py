@@ -59,13 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("export")
     g.add_argument("--format", default="py", choices=list(FORMATS),
                    help="py: model.py (torch only) + state_dict.pt; torchscript: model.ts; onnx: model.onnx (needs "
-                        "onnx and onnxruntime) (default: %(default)s)")
+                        "onnx, onnxscript and onnxruntime) (default: %(default)s)")
     g.add_argument("--dense", action="store_true", help="multiply every low-rank layer out into one dense layer")
     add_data_options(p, n=256)
     r = p.add_argument_group("run")
     r.add_argument("--device", type=device_name, default="cpu",
                    help="torch device this machine has for the check, e.g. cpu, cuda (default: %(default)s)")
-    r.add_argument("--out", metavar="DIR", help="output directory (default: a new directory runs/export-<YYYYmmdd-HHMMSS>-<n>)")
+    r.add_argument("--out", metavar="DIR",
+                   help="output directory (default: a new directory runs/export-<YYYYmmdd-HHMMSS>-<n>)")
     r.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file (same keys), checked like "
                                                          "the command line, which wins")
     p.set_defaults(handler=run, continue_hint=CONTINUE_HINT)

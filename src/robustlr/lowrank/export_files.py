@@ -15,8 +15,9 @@ it wrote back the way a user would, and compares the logits with the source mode
   that depends on the input is frozen at the traced path); ``torch.jit.load("model.ts")``. TorchScript is
   deprecated since torch 2.10 (its warnings are silenced here, since the format was asked for by name): ``"py"``
   is the format to prefer, TorchScript the fallback for models whose source cannot be generated.
-* ``"onnx"``: ``model.onnx`` (TorchScript-based exporter, dynamic batch size; input ``images``, output
-  ``logits``), checked with onnxruntime; needs ``pip install onnx onnxruntime``.
+* ``"onnx"``: ``model.onnx`` (``torch.onnx.export(..., dynamo=True)``, torch's current exporter; dynamic batch
+  size; input ``images``, output ``logits``), checked with onnxruntime; needs ``pip install onnx onnxscript
+  onnxruntime``.
 
 ``export.json`` records the format, the files, the source, the layers' ranks, the parameter counts
 (:class:`~robustlr.lowrank.export.ParameterCounts`) and the measured largest logit difference.
@@ -52,18 +53,25 @@ RECORD = "export.json"
 """The file that describes an export."""
 RELATIVE_TOLERANCE = 1e-4
 """An export fails when its logits differ from the source's by more than this times ``max(1, max |logit|)``."""
-_ONNX_PACKAGES = ("onnx", "onnxruntime")
+_ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+_FILES = {"py": ["model.py", "state_dict.pt"], "torchscript": ["model.ts"], "onnx": ["model.onnx"]}
+_USAGE = {
+    "py": "import model; net = model.load()  # torch only: build() + state_dict.pt, eval mode",
+    "torchscript": "net = torch.jit.load('model.ts')",
+    "onnx": "onnxruntime.InferenceSession('model.onnx').run(['logits'], {'images': batch})",
+}
 
 
 def check_format(format: str) -> str:
-    """Return ``format`` if it is one of :data:`FORMATS` whose packages are installed (``"onnx"`` needs onnx and
-    onnxruntime), else raise a ``ValueError`` naming it, the choices or what to install."""
+    """Return ``format`` if it is one of :data:`FORMATS` whose packages are installed (``"onnx"`` needs onnx,
+    onnxscript and onnxruntime), else raise a ``ValueError`` naming it, the choices or what to install."""
     check_choice("format", format, FORMATS)
     if format == "onnx":
         missing = [name for name in _ONNX_PACKAGES if importlib.util.find_spec(name) is None]
         if missing:
             raise ValueError(f"format 'onnx' needs the packages {', '.join(_ONNX_PACKAGES)}; missing: "
-                             f"{', '.join(missing)} (pip install {' '.join(missing)}), or use format 'py' or 'torchscript'")
+                             f"{', '.join(missing)} (pip install {' '.join(missing)}), or use format 'py' or "
+                             "'torchscript'")
     return format
 
 
@@ -72,10 +80,32 @@ def _logits(forward: Callable[[Tensor], Tensor], images: Tensor, batch_size: int
         return torch.cat([forward(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
+def _compare(loaded: Callable[[Tensor], Tensor], model: nn.Module, images: Tensor, batch_size: int,
+             what: str) -> dict[str, Any]:
+    """The ``logits_check`` of the record: the largest difference between ``loaded``'s logits and ``model``'s (in
+    eval mode) on ``images``; ``ValueError`` when they differ in shape, are not finite or exceed the tolerance."""
+    with eval_mode(model):
+        reference = _logits(model, images, batch_size)
+    got = _logits(loaded, images, batch_size)
+    if got.shape != reference.shape:
+        raise ValueError(f"{what} does not reproduce the model: its logits have shape {tuple(got.shape)}, the "
+                         f"model's {tuple(reference.shape)}")
+    scale = float(reference.abs().max())
+    diff = float((got.to(reference.dtype) - reference).abs().max())
+    tolerance = RELATIVE_TOLERANCE * max(1.0, scale)
+    if not diff <= tolerance:  # NaN too
+        raise ValueError(f"{what} does not reproduce the model's logits: the largest difference is {diff:.3g}, above "
+                         f"the tolerance {tolerance:.3g}; these files are not a faithful export")
+    return {"images": len(images), "max_abs_diff": diff, "max_abs_logit": scale, "tolerance": tolerance,
+            "dtype": str(reference.dtype).removeprefix("torch.")}
+
+
 def _check_images(images: object) -> Tensor:
     if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim < 2 or len(images) == 0:
-        shown = f"a {images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor) else repr(images)
-        raise ValueError(f"images must be a non-empty floating-point batch (N, ...) to check the export on; got {shown}")
+        shown = (f"a {images.dtype} tensor of shape {tuple(images.shape)}" if isinstance(images, Tensor)
+                 else repr(images))
+        raise ValueError(f"images must be a non-empty floating-point batch (N, ...) to check the export on; "
+                         f"got {shown}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError("images must be finite to check the export on; got NaN or infinite entries")
     return images
@@ -105,11 +135,13 @@ def _write_torchscript(exported: nn.Module, directory: Path, example: Tensor) ->
 def _write_onnx(exported: nn.Module, directory: Path, example: Tensor) -> Callable[[Tensor], Tensor]:
     import onnxruntime
 
-    buffer = io.BytesIO()
+    example = torch.cat([example, example]) if len(example) == 1 else example  # a batch of 1 would be fixed
     with torch.no_grad():
-        torch.onnx.export(exported.eval(), (example,), buffer, dynamo=False, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    atomic_write_bytes(directory / "model.onnx", buffer.getvalue())
+        program = torch.onnx.export(exported.eval(), (example,), dynamo=True, input_names=["images"],
+                                    output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    partial = directory / ".model.onnx.partial"
+    program.save(partial, external_data=False)
+    os.replace(partial, directory / "model.onnx")
     session = onnxruntime.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
 
     def forward(x: Tensor) -> Tensor:
@@ -144,10 +176,10 @@ def export_model(
         batch_size: images per forward pass of the check.
 
     Returns:
-        The content of ``export.json``: ``format``, ``files``, ``layers`` (``"two-factor"`` or ``"dense"``),
-        ``source``, ``ranks`` (one row per Linear/Conv2d-like layer of ``model``), ``parameters`` (``lowrank``,
-        ``exported``, ``dense``), ``logits_check`` (``images``, ``max_abs_diff``, ``max_abs_logit``,
-        ``tolerance``), ``robustlr_version``, ``torch_version``.
+        The content of ``export.json``: ``format``, ``files``, ``usage``, ``input_shape`` (of one image),
+        ``layers`` (``"two-factor"`` or ``"dense"``), ``source``, ``ranks`` (one row per Linear/Conv2d-like layer
+        of ``model``), ``parameters`` (``lowrank``, ``exported``, ``dense``), ``logits_check`` (``images``,
+        ``max_abs_diff``, ``max_abs_logit``, ``tolerance``, ``dtype``), ``robustlr_version``, ``torch_version``.
 
     Raises:
         ValueError: for a ``format`` not in :data:`FORMATS`, ``"onnx"`` without its packages (naming what to
@@ -162,8 +194,8 @@ def export_model(
     images = _check_images(images)
     exported = (to_dense if dense else to_plain)(model).eval()
     counts = parameter_counts(model)
-    ranks = [{"name": row.name, "kind": row.kind, "shape": list(row.shape), "rank": row.rank, "full_rank": row.full_rank}
-             for row in compression_report(model).layers]
+    ranks = [{"name": row.name, "kind": row.kind, "shape": list(row.shape), "rank": row.rank,
+              "full_rank": row.full_rank} for row in compression_report(model).layers]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     doc = (f"{type(model).__name__} exported by robustlr {robustlr.__version__} (layers: "
@@ -173,29 +205,19 @@ def export_model(
     writers = {"py": lambda: _write_py(exported, directory, doc, images.device),
                "torchscript": lambda: _write_torchscript(exported, directory, example),
                "onnx": lambda: _write_onnx(exported, directory, example)}
-    loaded = writers[format]()
-    with eval_mode(model):
-        reference = _logits(model, images, batch_size)
-    got = _logits(loaded, images, batch_size)
-    scale = reference.abs().max()
-    diff = (got.to(reference.dtype) - reference).abs().max() if got.shape == reference.shape else None
-    tolerance = RELATIVE_TOLERANCE * max(1.0, float(scale))
-    if diff is None or not bool(torch.isfinite(diff)) or float(diff) > tolerance:
-        shown = f"shape {tuple(got.shape)} instead of {tuple(reference.shape)}" if diff is None else f"{float(diff):.3g}"
-        raise ValueError(f"the exported model ({format}) does not reproduce the model's logits: the largest difference "
-                         f"is {shown}, above the tolerance {tolerance:.3g}; the files in {str(directory)!r} are not a "
-                         "faithful export")
-    files = {"py": ["model.py", "state_dict.pt"], "torchscript": ["model.ts"], "onnx": ["model.onnx"]}[format]
+    what = f"the exported model ({format}) in {str(directory)!r}"
+    check = _compare(writers[format](), model, images, batch_size, what)
     record = {
         "format": format,
-        "files": files,
+        "files": _FILES[format],
+        "usage": _USAGE[format],
+        "input_shape": list(images.shape[1:]),
         "layers": "dense" if dense else "two-factor",
         "source": dict(source or {}),
         "ranks": ranks,
         "parameters": {"lowrank": counts.lowrank, "exported": sum(p.numel() for p in exported.parameters()),
                        "dense": counts.dense},
-        "logits_check": {"images": len(images), "max_abs_diff": float(diff), "max_abs_logit": float(scale),
-                         "tolerance": tolerance, "dtype": str(reference.dtype).removeprefix("torch.")},
+        "logits_check": check,
         "robustlr_version": robustlr.__version__,
         "torch_version": str(torch.__version__),
     }

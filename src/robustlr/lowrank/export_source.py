@@ -234,7 +234,8 @@ class _Writer:
                                      f"({sorted(free)}) or super() in a class hierarchy of its own")
         evaluated = [*node.decorator_list, *node.args.defaults, *(d for d in node.args.kw_defaults if d)]
         names = set(_global_names(function.__code__))
-        names |= {n.id for expr in evaluated for n in ast.walk(expr) if isinstance(n, ast.Name)}
+        decorated = {n.id for expr in evaluated for n in ast.walk(expr) if isinstance(n, ast.Name)}
+        names |= decorated - {name}  # @name.setter is the property being defined
         for global_name in sorted(names):
             if global_name in function.__globals__:
                 self.bind(global_name, function.__globals__[global_name], path, cls, name)
@@ -347,7 +348,8 @@ def module_source(model: nn.Module, docstring: str = "") -> str:
     writer = _Writer()
     root = writer.visit(model, "")
     if len(writer.dtypes) > 1:
-        raise _refuse("", model, f"its parameters and buffers have several floating dtypes {sorted(map(str, writer.dtypes))}")
+        dtypes = sorted(map(str, writer.dtypes))
+        raise _refuse("", model, f"its parameters and buffers have several floating dtypes {dtypes}")
     cast = f".to({next(iter(writer.dtypes))})" if writer.dtypes else ""
     header = f'"""{docstring.strip()}\n"""\n\n' if docstring.strip() else ""
     imports = "\n".join(sorted((line for line in writer.imports.values() if line.startswith(("import", "from"))),
