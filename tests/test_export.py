@@ -139,7 +139,11 @@ def test_parameter_counts_are_r_times_n_plus_m_plus_bias() -> None:
         expected_plain += layer.rank * (n + m) + bias
         expected_lowrank += layer.rank * (n + m) + layer.rank ** 2 + bias
     counts = parameter_counts(lowrank)
-    assert sum(p.numel() for p in to_plain(lowrank).parameters()) == counts.plain == expected_plain
+    plain = to_plain(lowrank)
+    assert sum(p.numel() for p in plain.parameters()) == counts.plain == expected_plain
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert_same_logits(plain(x), lowrank(x))
     assert counts.lowrank == expected_lowrank
     assert sum(p.numel() for p in to_dense(lowrank).parameters()) == counts.dense == sum(
         p.numel() for p in dense.parameters())

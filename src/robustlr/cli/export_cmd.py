@@ -12,7 +12,7 @@ from .setup import check_counts, check_model_fits, cli_names, device_of, load_da
 
 __all__ = ["register"]
 
-CONTINUE_HINT = "rerun the command (the same --out is replaced)"
+CONTINUE_HINT = "rerun the command (nothing is resumable: an export takes seconds; the same --out is replaced)"
 
 
 def run(args: argparse.Namespace) -> int:
