@@ -252,15 +252,15 @@ class _Writer:
         if hooks:
             raise _refuse(path, module, f"it has hooks ({', '.join(hooks)}), which source code cannot hold")
         cls = type(module)
-        self.dtypes |= {t.dtype for t in (*module._parameters.values(), *module._buffers.values())
-                        if t is not None and t.is_floating_point()}
-        if _is_torch(cls) and not issubclass(cls, _CONTAINERS):
+        if _is_torch(cls) and getattr(nn, cls.__name__, None) is not cls:
+            raise _refuse(path, module, f"torch.nn has no class {cls.__name__}")
+        leaf = _is_torch(cls) and not issubclass(cls, _CONTAINERS)  # built by its constructor, children included
+        tensors = (*module.parameters(), *module.buffers()) if leaf else (*module._parameters.values(),
+                                                                         *module._buffers.values())
+        self.dtypes |= {t.dtype for t in tensors if t is not None and t.is_floating_point()}
+        if leaf:
             expression = self._constructor(module, path)
-            self.dtypes |= {t.dtype for t in module.parameters() if t.is_floating_point()}
-            self.dtypes |= {t.dtype for t in module.buffers() if t.is_floating_point()}
         else:
-            if _is_torch(cls) and getattr(nn, cls.__name__, None) is not cls:
-                raise _refuse(path, module, f"torch.nn has no class {cls.__name__}")
             name = f"nn.{cls.__name__}" if _is_torch(cls) else self.class_name(cls, path)
             expression = self._assembly(module, f"{name}()", path)
         variable = f"m{len(self.variables)}"
@@ -270,12 +270,10 @@ class _Writer:
 
     def _constructor(self, module: nn.Module, path: str) -> str:
         cls = type(module)
-        if getattr(nn, cls.__name__, None) is not cls:
-            raise _refuse(path, module, f"torch.nn has no class {cls.__name__}")
         arguments = []
         for parameter in inspect.signature(cls).parameters.values():
-            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or parameter.name in ("device",
-                                                                                                          "dtype"):
+            variadic = parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+            if variadic or parameter.name in ("device", "dtype"):
                 continue
             key = parameter.name
             if key in module._parameters or key in module._buffers:
