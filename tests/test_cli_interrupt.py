@@ -18,7 +18,7 @@ from robustlr.cli import main
 from robustlr.cli.options import DEFAULT_CONTINUE_HINT
 from robustlr.train import TrainConfig, TrainingInterrupted
 
-COMMANDS = [["demo"], ["evaluate"], ["attack"], ["spectrum"], ["train"], ["reproduce", "condlr-table"], ["results"]]
+COMMANDS = [["demo"], ["evaluate"], ["attack"], ["spectrum"], ["train"], ["reproduce", "condlr-table"], ["results"], ["export"]]
 SAVED = "training stopped by SIGINT in epoch 1 after batch 2 of 4; the resumable state is saved in 'x/resume.pt'"
 
 
