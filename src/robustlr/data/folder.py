@@ -35,7 +35,7 @@ from .augment import CROP_DRAWS
 from .catalog import SPLITS
 from .discovery import ROOT_OPTION
 from .image_dataset import ImageDataset, _set_labels
-from .pil_images import evaluation_view, image_header, read_rgb, to_tensor, training_view
+from .pil_images import evaluation_view, image_header, read_rgb, training_view
 from .seeding import AugmentSeed, uniforms
 
 __all__ = ["IMAGE_SUFFIXES", "SPLIT_DIRECTORIES", "FolderDataset", "default_workers"]
@@ -195,15 +195,15 @@ class FolderDataset(ImageDataset):
     def _decode(self, positions: Tensor, view: View) -> Tensor:
         """The images at ``positions``, each decoded, passed through ``view`` and checked to have the dataset's
         size, as a float32 batch ``(B, 3, H, W)``."""
-        batch = torch.empty((len(positions), *self._shape), dtype=torch.uint8)
+        batch = np.empty((len(positions), *self._shape), dtype=np.uint8)  # numpy: a copy per image without threads
         for row, position in enumerate(positions.tolist()):
             image = view(read_rgb(self.path(position)), row)
             if (image.height, image.width) != self._shape[1:]:
                 raise ValueError(f"{self.path(position)}: {image.width}x{image.height} image, but the dataset's images "
                                  f"are {self._shape[2]}x{self._shape[1]} (the file changed since the dataset was "
                                  "built?); give image_size=N (CLI: --image-size N) to resize every image")
-            batch[row] = to_tensor(image)
-        return batch.float().div_(255)
+            batch[row] = np.asarray(image).transpose(2, 0, 1)
+        return torch.from_numpy(batch).float().div_(255)
 
     def fetch(self, positions: Tensor, augment: AugmentSeed | None) -> tuple[Tensor, Tensor]:
         """The batch at ``positions``; with ``augment`` (the epoch's seed) and ``image_size``, each image is its

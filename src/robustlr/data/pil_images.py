@@ -24,13 +24,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
 from .augment import resized_crop_box
 
-__all__ = ["EVAL_RESIZE", "evaluation_view", "image_header", "read_rgb", "to_tensor", "training_view"]
+__all__ = ["EVAL_RESIZE", "evaluation_view", "image_header", "read_rgb", "training_view"]
 
 EVAL_RESIZE = 256 / 224
 """Shorter side of the evaluation resize per unit of the crop (the ImageNet convention: 256 for a 224 crop)."""
@@ -116,8 +114,3 @@ def training_view(image: Image.Image, size: int, draws: np.ndarray) -> Image.Ima
     box, flip = resized_crop_box(height, width, draws)
     view = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
     return view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else view
-
-
-def to_tensor(image: Image.Image) -> Tensor:
-    """An RGB image as a uint8 tensor ``(3, H, W)``."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
