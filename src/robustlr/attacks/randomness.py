@@ -86,16 +86,17 @@ def _shr(z: torch.Tensor, bits: int, out: torch.Tensor | None = None) -> torch.T
     return shifted.bitwise_and_((1 << (width - bits)) - 1)
 
 
-def _float32(fields: torch.Tensor, factor: float) -> torch.Tensor:
-    """``fields · factor`` as float32 in one pass (the factor is a float32 scalar, so the result is float32
-    whatever torch's default dtype)."""
-    return torch.mul(fields, torch.tensor(factor, dtype=torch.float32))
+def _float32(fields: torch.Tensor, factor: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``fields · factor`` as float32 in one pass, into ``out`` if given (the factor is a float32 scalar, so
+    the result is float32 whatever torch's default dtype)."""
+    return torch.mul(fields, torch.tensor(factor, dtype=torch.float32), out=out)
 
 
-def mix64(z: torch.Tensor) -> torch.Tensor:
+def mix64(z: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """The splitmix64 finaliser of int64 words, computed in place on ``z`` (which it returns), with one
-    scratch tensor of ``z``'s size: no other temporaries."""
-    scratch = torch.empty_like(z)
+    scratch tensor of ``z``'s size (``scratch``, an int64 tensor of ``z``'s shape, or a new one): no other
+    temporaries."""
+    scratch = torch.empty_like(z) if scratch is None else scratch
     z ^= _shr(z, 30, scratch)
     z *= _C1
     z ^= _shr(z, 27, scratch)
@@ -149,16 +150,17 @@ class Noise:
         self.keys = keys
         self.seed = seed
 
-    def words(self, count: int, restart: int, purpose: str) -> torch.Tensor:
-        """The 64-bit words ``w_{n,k}``, ``k < count``, of ``(restart, purpose)``: shape ``(N, count)``."""
+    def words(self, count: int, restart: int, purpose: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """The 64-bit words ``w_{n,k}``, ``k < count``, of ``(restart, purpose)``: shape ``(N, count)``;
+        ``scratch`` (int64, that shape) is :func:`mix64`'s."""
         base = mix64(self.keys + stream(self.seed, restart, purpose))
         counter = torch.arange(1, 1 + count, device=self.keys.device, dtype=torch.int64).mul_(_PHI)
-        return mix64(torch.add(base[:, None], counter))
+        return mix64(torch.add(base[:, None], counter), scratch)
 
-    def fields(self, count: int, restart: int, purpose: str) -> torch.Tensor:
+    def fields(self, count: int, restart: int, purpose: str, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """The signed 24-bit fields ``(a_{n,k}, b_{n,k})`` of ``count`` words, int32 of shape ``(N, count, 2)``,
-        computed in place over the words' memory."""
-        halves = self.words(count, restart, purpose).view(torch.int32).view(-1, count, 2)
+        computed in place over the words' memory (``scratch``: see :meth:`words`)."""
+        halves = self.words(count, restart, purpose, scratch).view(torch.int32).view(-1, count, 2)
         if _BIG_ENDIAN:  # the view put each word's high half first
             halves = halves.flip(-1)
         return halves.bitwise_right_shift_(8)
@@ -166,23 +168,27 @@ class Noise:
     def draw(self, kind: str, shape: tuple[int, ...], restart: int, purpose: str,
              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
         """A float32 tensor ``(N, *shape)`` of ``kind`` (:data:`KINDS`) for ``(restart, purpose)``, in
-        ``memory_format`` (``channels_last`` needs a 3-entry ``shape``)."""
+        ``memory_format`` (``channels_last`` needs a 3-entry ``shape``).
+
+        The result's memory is first the hash's scratch (its ``2⌈m/2⌉`` float32 entries are the bytes of
+        ``⌈m/2⌉`` int64 words), so a draw allocates the words, the result and, for Gaussians, the radii.
+        """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         m = math.prod(shape)
         count = (m + 1) // 2
-        f = self.fields(count, restart, f"{kind}/{purpose}")
-        n = f.shape[0]
+        n = self.keys.shape[0]
+        out = torch.empty((n, 2 * count), device=self.keys.device, dtype=torch.float32)
+        f = self.fields(count, restart, f"{kind}/{purpose}", out.view(torch.int64))
         if kind == "normal":
-            radius = _float32(f[..., 1], -_UNIT).add_(0.5).log_().mul_(-2.0).sqrt_()
-            angle = _float32(f[..., 0], 2 * math.pi * _UNIT)
-            out = torch.empty((n, 2, count), device=f.device, dtype=torch.float32)
-            torch.cos(angle, out=out[:, 0])
-            torch.sin(angle, out=out[:, 1])
-            out.mul_(radius[:, None])
-        elif kind == "uniform":
-            out = _float32(f, 2 * _UNIT)
+            cos, sin = out.view(n, 2, count).unbind(1)
+            _float32(f[..., 0], 2 * math.pi * _UNIT, out=cos)  # θ
+            torch.sin(cos, out=sin)
+            cos.cos_()
+            out.view(n, 2, count).mul_(_float32(f[..., 1], -_UNIT).add_(0.5).log_().mul_(-2.0).sqrt_()[:, None])
         else:
-            out = _float32(f, _UNIT).add_(0.5)
-        out = out.view(n, 2 * count)[:, :m].reshape(n, *shape)
+            _float32(f.view(n, 2 * count), _UNIT if kind == "unit" else 2 * _UNIT, out=out)
+            if kind == "unit":
+                out.add_(0.5)
+        out = out[:, :m].reshape(n, *shape)
         return out.contiguous(memory_format=memory_format)
