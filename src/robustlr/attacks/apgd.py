@@ -41,6 +41,8 @@ MOMENTUM = 0.75
 """``α`` of the momentum step (the paper's value)."""
 STEP_FACTOR = 2.0
 """The initial step size is ``STEP_FACTOR · ε`` (the paper's value, both norms)."""
+STATE_TENSORS = 5
+"""Perturbation-sized tensors an APGD run keeps between steps (:meth:`APGD.state_bytes`)."""
 
 
 class APGD(Attack):
@@ -84,6 +86,11 @@ class APGD(Attack):
 
     def _describe(self) -> dict[str, object]:
         return {**super()._describe(), "steps": self.steps, "rho": self.rho}
+
+    def state_bytes(self, shape: tuple[int, ...], element_size: int = 4) -> int:
+        """Five perturbation-sized tensors: the iterate, the previous one (momentum), the best one and its
+        gradient (the restart point), and the latest that fooled the model."""
+        return STATE_TENSORS * super().state_bytes(shape, element_size)
 
     def _start(self, x: torch.Tensor, restart: int) -> torch.Tensor:
         """``x^(0) = clip_[0,1](x + ε·u/‖u‖)``: uniform ``u`` (L∞) or Gaussian ``u`` (L2) on the ε-sphere."""
