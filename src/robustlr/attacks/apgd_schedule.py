@@ -26,11 +26,12 @@ a device tensor and every decision a ``torch.where``; the checkpoints are Python
 :meth:`APGDSchedule.update` never reads a value from the device.
 
 Differences from the reference code (``autopgd_base.py`` of fra31/auto-attack), which follows the paper up
-to details that this module takes from the paper: the reference places its checkpoints at ``⌊0.22N⌋`` and
-then every ``max(⌊0.03N⌋, 1)`` fewer steps down to ``⌊0.06N⌋`` (the same as here for ``N = 100``, not for
-other ``N``); it counts an increase when ``≤ ρ`` of the window (not ``< ρ``); its first window compares
-``f(x^(1))`` with 0 instead of ``f(x^(0))``; it never applies condition 2 at ``w_1``; after a restart it
-compares the next loss with that of the abandoned iterate.
+to details that this module takes from the paper: the reference's first checkpoint is at ``⌊0.22N⌋`` and the
+gaps then shrink by ``⌊0.03N⌋`` down to ``⌊0.06N⌋`` (each at least 1; the same checkpoints as here for
+``N = 100``, not for other ``N``); it halves when the increases are ``≤ ρ·(w_j − w_{j−1})`` (not ``<``); its
+first window compares ``f(x^(1))`` with 0 instead of ``f(x^(0))``; it never applies condition 2 at ``w_1``;
+after a restart it compares the next loss with that of the abandoned iterate.  From the same start the two
+fooled the same images in the tests (``tests/test_apgd.py``).
 """
 
 from __future__ import annotations
