@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,18 +46,23 @@ __all__ = ["GRAD_SCALES", "CondLR"]
 #: How CondLR scales the directions of ``U`` and ``V``.
 GRAD_SCALES = ("reference", "exact")
 
-def _precondition(
-    decomposition: tuple[Tensor, Tensor, Tensor], d_u: Tensor, d_v: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``d_U (S Sᵀ)⁺`` and ``d_V (Sᵀ S)⁺`` from the SVD ``S = P Σ Qᵀ`` (``decomposition``, in the linear
-    algebra dtype): ``(SSᵀ)⁺ = P Σ⁻² Pᵀ``, ``(SᵀS)⁺ = Q Σ⁻² Qᵀ``, with singular values below
-    ``r·eps·σ_max`` treated as zero."""
+def _inverse_grams(decomposition: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """``(S Sᵀ)⁺ = P Σ⁻² Pᵀ`` and ``(Sᵀ S)⁺ = Q Σ⁻² Qᵀ`` from the SVD ``S = P Σ Qᵀ`` (``decomposition``, batched),
+    with singular values below ``r·eps·σ_max`` treated as zero."""
     p, sigma, qh = decomposition
-    tolerance = sigma[:1] * sigma.numel() * torch.finfo(sigma.dtype).eps
-    inverse_square = torch.where(sigma > tolerance, sigma.pow(-2), torch.zeros_like(sigma))
-    new_u = ((d_u.to(p.dtype) @ p) * inverse_square) @ p.mT
-    new_v = ((d_v.to(p.dtype) @ qh.mT) * inverse_square) @ qh
-    return new_u.to(d_u.dtype), new_v.to(d_v.dtype)
+    tolerance = sigma[..., :1] * sigma.shape[-1] * torch.finfo(sigma.dtype).eps
+    inverse_square = torch.where(sigma > tolerance, sigma.pow(-2), torch.zeros_like(sigma)).unsqueeze(-2)
+    return (p * inverse_square) @ p.mT, (qh.mT * inverse_square) @ qh
+
+
+def _precondition(direction: Tensor, inverse_gram: Tensor) -> Tensor:
+    """``D · M`` in the dtype of ``M`` (the linear algebra dtype), returned in ``D``'s."""
+    return (direction.to(inverse_gram.dtype) @ inverse_gram).to(direction.dtype)
+
+
+def _descend(x: Tensor, direction: Tensor, lr: float | Tensor) -> Tensor:
+    """``x − lr·D`` as a new tensor (a tensor ``lr`` is never read on the host)."""
+    return x - lr * direction if isinstance(lr, Tensor) else torch.sub(x, direction, alpha=lr)
 
 
 def _add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Tensor) -> None:
@@ -70,11 +75,14 @@ def _add_scaled_(targets: list[Tensor], tensors: list[Tensor], scale: float | Te
 
 def _momentum_directions(optimizer: Optimizer, params: list[Tensor], group: dict[str, Any]) -> list[Tensor]:
     """SGD directions ``d = grad + wd·p``, then heavy ball ``buf ← μ buf + d`` (no dampening), ``d = buf``, for
-    the parameters of one group (foreach calls; the first step's buffer is a copy of ``d``)."""
+    the parameters of one group (foreach calls, as ``torch.optim.SGD``'s; the first step's buffer is a copy of
+    ``d``)."""
     grads = [p.grad for p in params]
     decay, momentum = group["weight_decay"], group["momentum"]
-    if isinstance(decay, Tensor) or decay != 0:
+    if isinstance(decay, Tensor):
         grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
+    elif decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=decay)
     if not isinstance(momentum, Tensor) and momentum == 0:
         return grads
     states = [optimizer.state[p] for p in params]
@@ -89,38 +97,47 @@ def _momentum_directions(optimizer: Optimizer, params: list[Tensor], group: dict
     return [state["momentum_buffer"] for state in states]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Proposal:
-    """One fixed-rank layer's step, directions processed (steps 1–2), before its retraction (steps 3–4)."""
+    """One layer's step, filled in as it proceeds: the active factors, their directions after step 1, the param
+    groups of ``U``, ``S``, ``V`` (``groups[1]`` holds the layer's hyperparameters and state lives with ``S``),
+    the momentum buffers of ``U`` and ``V``, whether the layer adapts its rank on this step; then the processed
+    directions of ``U`` and ``V`` (step 2; for ``"exact"``, before the preconditioner) and the new factors and
+    ``"reference"`` gradient scale of a fixed-rank layer (steps 3–4), both by role (0: ``U``, 1: ``S``, 2: ``V``)."""
 
     layer: LowRankLayer
     factors: tuple[Tensor, Tensor, Tensor]
     directions: tuple[Tensor, Tensor, Tensor]
-    lrs: tuple[float | Tensor, float | Tensor, float | Tensor]
-    hyper: dict[str, Any]
+    groups: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+    state: dict[str, Any]
+    buffers: tuple[Tensor | None, Tensor | None]
+    adapt: bool
+    processed: dict[int, Tensor] = field(default_factory=dict)
+    moved: dict[int, Tensor] = field(default_factory=dict)
+    scale: Tensor | None = None
+
+    @property
+    def hyper(self) -> dict[str, Any]:
+        return self.groups[1]
 
 
-def _grouped(
-    fn: Callable[[Tensor, Hashable], tuple[Tensor, ...]],
-    matrices: Sequence[Tensor],
-    keys: Sequence[Hashable],
-    batched: bool | None,
-) -> list[tuple[Tensor, ...]]:
-    """``fn(x, key)`` for every matrix; batched (``None``: on CUDA devices), the matrices of equal key, shape,
-    dtype and device are stacked into one call and its results unstacked (``fn`` must work on batches)."""
-    results: list[tuple[Tensor, ...] | None] = [None] * len(matrices)
-    buckets: dict[Hashable, list[int]] = defaultdict(list)
-    for i, (x, key) in enumerate(zip(matrices, keys)):
-        stack = batched if batched is not None else x.device.type == "cuda"
-        buckets[(key, x.shape, x.dtype, x.device, i if not stack else -1)].append(i)
-    for (key, *_), indices in buckets.items():
-        if len(indices) == 1:
-            results[indices[0]] = fn(matrices[indices[0]], key)
-            continue
-        out = fn(torch.stack([matrices[i] for i in indices]), key)
-        for j, i in enumerate(indices):
-            results[i] = tuple(t[j] for t in out)
-    return results  # type: ignore[return-value]
+#: The usability flags of one batched decomposition, with the proposals they belong to (in batch order).
+_Flags = list[tuple[Tensor, list[_Proposal]]]
+
+
+def _batches(keys: Sequence[Hashable], batched: bool) -> list[list[int]]:
+    """Positions of equal keys together (``batched``) or each alone, in first-seen order."""
+    if not batched:
+        return [[i] for i in range(len(keys))]
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
+    return list(groups.values())
+
+
+def _stack(tensors: Sequence[Tensor]) -> Tensor:
+    """A batch of equal-shape tensors: a view of a single one, a stacked copy of several."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(list(tensors))
 
 
 def _check_condlr_keys(prefix: str, group: dict[str, Any]) -> None:
@@ -177,11 +194,12 @@ class CondLR(Optimizer):
             ``max_rank`` capacity. Use it with ``grad_scale="exact"``: then the new directions enter the core
             with the magnitude of the tangent gradient, as in DLRT; ``"reference"`` shrinks them by ``σ²``.
         adapt_every: with ``theta``, adapt the rank on every ``adapt_every``-th step of each layer.
-        batched: ``True`` stacks layers of equal shapes into batched Cholesky-QR/SVD calls, ``False`` runs them
-            layer by layer, ``None`` (default) chooses by device: batched on CUDA (one call per shape instead of
-            one per layer; not measured here, no GPU was available), per layer elsewhere. The two agree to
-            rounding (1e-6 in float32). On one CPU thread, WRN-16-4 at rank 0.2, batched measured 0.86–0.94×
-            the per-layer time on a shared, loaded machine (``benchmarks/condlr_step.py``): close to even.
+        batched: ``True`` or ``None`` (the default) stacks the matrices of equal shape (and param group) of all
+            layers and runs each step of their linear algebra (tangent projection, Cholesky QR, SVD) as one
+            batched call per shape; ``False`` runs them layer by layer. The two agree to rounding (1e-6 in
+            float32). Fewer, larger calls pay on every device: on one CPU thread, WRN-16-4 at rank 0.2, the
+            batched step measured 0.85× the per-layer one (``benchmarks/condlr_step.py``). On CUDA, where each
+            call is a kernel launch, batching should matter more (not measured: no GPU was available).
 
     Every low-rank layer whose ``U``, ``S``, ``V`` are all in the optimiser is constrained; all other
     parameters (biases, BatchNorm, dense layers, vanilla factors) get plain SGD with momentum. The layer
@@ -189,7 +207,7 @@ class CondLR(Optimizer):
     Per-layer state lives with ``S``: ``step`` (int) and, for ``"reference"``, ``grad_scale`` (``c``).
     Linear algebra runs in float32 (float64 for float64 parameters). A step reads the host twice, whatever the
     number of layers: the fused finiteness check of the gradients, and one flag for all its decompositions
-    (see :meth:`_retract`); a rank-adaptive step also reads each adapting layer's new rank.
+    (see :meth:`_move`); a rank-adaptive step also reads each adapting layer's new rank.
     """
 
     def __init__(
@@ -208,8 +226,8 @@ class CondLR(Optimizer):
         batched: bool | None = None,
     ) -> None:
         if batched is not None and not isinstance(batched, bool):
-            raise ValueError(f"batched must be None (by device: batched on CUDA), True or False; got {batched!r}")
-        self._batched = batched
+            raise ValueError(f"batched must be None (the default: batched), True or False; got {batched!r}")
+        self._batched = batched is not False
         if isinstance(params, nn.Module):
             if model is not None and model is not params:
                 raise ValueError("model must be omitted (or the same module) when params is a module")
@@ -263,16 +281,18 @@ class CondLR(Optimizer):
         if hasattr(self, "_model"):  # after construction: the new group may complete more layers
             self._layers = self._find_layers()
 
-    def _find_layers(self) -> list[LowRankLayer]:
-        """Low-rank layers of the model whose three factors are all optimised here."""
+    def _find_layers(self) -> list[tuple[LowRankLayer, tuple[Tensor, Tensor, Tensor]]]:
+        """Low-rank layers of the model whose three factors are all optimised here, with their ``U``, ``S``,
+        ``V`` parameters."""
         optimised = {p for group in self.param_groups for p in group["params"]}
         layers = []
         for name, module in self._model.named_modules():
             if not isinstance(module, LowRankLayer):
                 continue
-            present = [p in optimised for p in (module.U, module.S, module.V)]
+            params = (module.U, module.S, module.V)
+            present = [p in optimised for p in params]
             if all(present):
-                layers.append(module)
+                layers.append((module, params))
             elif any(present):
                 raise ValueError(
                     f"params must hold all or none of U, S, V of low-rank layer {name!r}; it holds "
@@ -296,115 +316,167 @@ class CondLR(Optimizer):
         check_finite_gradients(self, self._names)  # host read 1
         directions, group_of = self._directions()
         proposals = []
-        for layer in self._layers:
-            factors = (layer.U, layer.S, layer.V)
-            if not any(p in directions for p in factors):
+        for layer, params in self._layers:
+            keys = [id(p) for p in params]
+            if not any(key in directions for key in keys):
                 continue
-            groups = tuple(group_of[p] for p in factors)
-            hyper = groups[1]
-            state = self.state[layer.S]
+            groups = tuple(group_of[key] for key in keys)
+            state = self.state[params[1]]
             state["step"] = state.get("step", 0) + 1
-            d_u, d_s, d_v = self._processed_directions(
-                layer, hyper, tuple(directions.get(p, torch.zeros_like(p)) for p in factors)
-            )
-            lrs = tuple(group["lr"] for group in groups)
-            if hyper["theta"] is not None and state["step"] % hyper["adapt_every"] == 0:
-                self._adapt_layer(layer, hyper, lrs, (d_u, d_s, d_v))
-            else:
-                proposals.append(_Proposal(layer, layer.factors(), (d_u, d_s, d_v), lrs, hyper))
-        self._retract(proposals)
+            u, s, v = (directions[key] if key in directions else torch.zeros_like(p) for key, p in zip(keys, params))
+            r = layer.rank
+            buffers = tuple(self.state[p].get("momentum_buffer") for p in (params[0], params[2]))
+            adapt = groups[1]["theta"] is not None and state["step"] % groups[1]["adapt_every"] == 0
+            proposals.append(_Proposal(layer, layer.factors(), (u[:, :r], s[:r, :r], v[:, :r]), groups,  # type: ignore[arg-type]
+                                       state, buffers, adapt))  # type: ignore[arg-type]
+        self._move(proposals)
         return loss
 
-    def _directions(self) -> tuple[dict[Tensor, Tensor], dict[Tensor, dict[str, Any]]]:
+    def _directions(self) -> tuple[dict[int, Tensor], dict[int, dict[str, Any]]]:
         """Step 1 for every parameter with a gradient, and step 3 for those outside the low-rank layers; returns
-        the directions of the factors and the group of every parameter."""
-        factor_params = {p for layer in self._layers for p in (layer.U, layer.S, layer.V)}
-        group_of: dict[Tensor, dict[str, Any]] = {}
-        directions: dict[Tensor, Tensor] = {}
+        the directions of the factors and the group of every parameter, by ``id`` of the parameter."""
+        factors = {id(p) for _, params in self._layers for p in params}
+        group_of: dict[int, dict[str, Any]] = {}
+        directions: dict[int, Tensor] = {}
         for group in self.param_groups:
-            group_of.update((p, group) for p in group["params"])
-            params = [p for p in group["params"] if p.grad is not None]
+            keys = [id(p) for p in group["params"]]
+            group_of.update(dict.fromkeys(keys, group))
+            params = [(key, p) for key, p in zip(keys, group["params"]) if p.grad is not None]
             if not params:
                 continue
-            moves = _momentum_directions(self, params, group)
-            plain = [(p, d) for p, d in zip(params, moves) if p not in factor_params]
+            moves = _momentum_directions(self, [p for _, p in params], group)
+            plain = [(p, d) for (key, p), d in zip(params, moves) if key not in factors]
             if plain:
                 _add_scaled_([p for p, _ in plain], [d for _, d in plain], -group["lr"])
-            directions.update((p, d) for p, d in zip(params, moves) if p in factor_params)
+            directions.update((key, d) for (key, _), d in zip(params, moves) if key in factors)
         return directions, group_of
 
-    def _processed_directions(
-        self, layer: LowRankLayer, hyper: dict[str, Any], directions: tuple[Tensor, ...]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Step 2 of the class docstring for one layer (the ``"exact"`` preconditioner comes later, in
-        :meth:`_retract`); the momentum buffers of ``U`` and ``V`` get the processed directions."""
-        u, _, v = layer.factors()
-        r = layer.rank
-        d_u = tangent_projection(u, directions[0][:, :r])
-        d_s = directions[1][:r, :r]
-        d_v = tangent_projection(v, directions[2][:, :r])
-        if hyper["grad_scale"] == "reference":
-            scale = self.state[layer.S].get("grad_scale", 1.0)
-            d_u, d_v = d_u * scale, d_v * scale
-        for p, d in ((layer.U, d_u), (layer.V, d_v)):
-            buffer = self.state[p].get("momentum_buffer")
-            if buffer is not None:
-                buffer[:, :r].copy_(d)
-        return d_u, d_s, d_v
+    def _move(self, proposals: list[_Proposal]) -> None:
+        """Steps 2–4 of every layer, without a host read per layer.
 
-    def _retract(self, proposals: list[_Proposal]) -> None:
-        """Steps 3–4 of the fixed-rank layers, without a host read per layer.
-
-        The decompositions run grouped (:func:`_grouped`: layers of equal shapes in one batched call when
-        ``batched``, by default on CUDA), the retraction by Cholesky QR
+        The matrices of equal shape and param group run as batches (:func:`_batches`; one call per batch
+        instead of one per layer), the retraction by Cholesky QR
         (:func:`~robustlr.lowrank.manifold.tangent_retraction`) and the SVDs unchecked
         (:func:`~robustlr.lowrank.manifold.svd_flagged`); their flags are read once for the whole step
         (host read 2). A layer with a false flag (an SVD that came back non-finite, an ill-conditioned or failed
-        Cholesky) is recomputed by :meth:`_checked_step` before anything is written.
+        Cholesky) is recomputed by :meth:`_checked_step` before anything is written. The new factors of the
+        other layers are written by one foreach copy. Rank-adaptive layers take :meth:`_adapt_layer` instead.
         """
         if not proposals:
             return
-        exact = [p for p in proposals if p.hyper["grad_scale"] == "exact"]
-        cores = [p.factors[1].to(linalg_dtype(p.factors[1].dtype)) for p in exact]
-        decompositions = dict(zip(map(id, exact), _grouped(lambda x, _: svd_flagged(x), cores, [None] * len(cores),
-                                                           self._batched)))
-        bases, cores, core_keys = [], [], []
+        fixed = [p for p in proposals if not p.adapt]
+        flags: _Flags = []
+        inverse_grams = self._inverse_grams([p for p in fixed if p.hyper["grad_scale"] == "exact"], flags)
+        self._move_bases(proposals, inverse_grams, flags)
         for p in proposals:
-            d_u, d_s, d_v = p.directions
-            if id(p) in decompositions:
-                *decomposition, _ = decompositions[id(p)]
-                d_u, d_v = _precondition(tuple(decomposition), d_u, d_v)
-            (u, s, v), (lr_u, lr_s, lr_v) = p.factors, p.lrs
-            bases += [u - lr_u * d_u, v - lr_v * d_v]
-            cores.append(s - lr_s * d_s)
-            core_keys.append((p.hyper["tau"], p.hyper["s_projection"]))
-        retracted = _grouped(lambda x, _: tangent_retraction(x), bases, [None] * len(bases), self._batched)
-        projected = _grouped(lambda x, key: condition_projection_flagged(x, *key), cores, core_keys, self._batched)
-        flags = []
-        for i, p in enumerate(proposals):
-            parts = [retracted[2 * i][1], retracted[2 * i + 1][1], projected[i][2]]
-            if id(p) in decompositions:
-                parts.append(decompositions[id(p)][3])
-            flags.append(torch.stack(parts).all())
-        usable = torch.stack(flags)
-        redo = [False] * len(proposals) if bool(usable.all()) else (~usable).tolist()  # host read 2
-        for p, (u1, _), (v1, _), (s1, sigma, _), again in zip(
-            proposals, retracted[::2], retracted[1::2], projected, redo
-        ):
-            if again:
-                u1, s1, v1, sigma = self._checked_step(p)
-            p.layer.set_factors(u1, s1, v1)
+            if p.adapt:
+                d_u, d_v = p.processed[0], p.processed[2]
+                self._adapt_layer(p.layer, p.hyper, tuple(g["lr"] for g in p.groups), (d_u, p.directions[1], d_v))
+        self._project_cores(fixed, flags)
+        redo: list[_Proposal] = []
+        if flags:
+            usable = torch.cat([ok for ok, _ in flags])
+            if not bool(usable.all()):  # host read 2
+                owners = [p for _, batch in flags for p in batch]
+                redo = [p for p, ok in zip(owners, usable.tolist()) if not ok]
+        for p in redo:
+            p.moved[0], p.moved[1], p.moved[2], sigma = self._checked_step(p)
             if p.hyper["grad_scale"] == "reference":
-                self.state[p.layer.S]["grad_scale"] = (sigma[-1] / sigma[0]).square().to(s1.dtype)
+                p.scale = (sigma[-1] / sigma[0]).square().to(p.moved[1].dtype)
+        targets: list[Tensor] = []
+        sources: list[Tensor] = []
+        for p in fixed:
+            new = (p.moved[0], p.moved[1], p.moved[2])
+            if p.layer.max_rank == p.layer.rank:  # the whole parameters are active: one foreach copy
+                targets += p.factors
+                sources += new
+            else:
+                p.layer.set_factors(*new)  # also zeroes the unused capacity
+            if p.scale is not None:
+                p.state["grad_scale"] = p.scale
+        if targets:
+            torch._foreach_copy_(targets, sources)
+
+    def _inverse_grams(self, proposals: list[_Proposal], flags: _Flags) -> dict[_Proposal, tuple[Tensor, Tensor]]:
+        """For ``grad_scale="exact"``: ``(S Sᵀ)⁺`` and ``(Sᵀ S)⁺`` of the current core of every proposal, from
+        batched unchecked SVDs (their flags join ``flags``)."""
+        grams: dict[_Proposal, tuple[Tensor, Tensor]] = {}
+        cores = [p.factors[1] for p in proposals]
+        for batch in _batches([(c.shape, c.dtype, c.device) for c in cores], self._batched):
+            members = [proposals[i] for i in batch]
+            s = _stack([cores[i] for i in batch])
+            *decomposition, ok = svd_flagged(s.to(linalg_dtype(s.dtype)))
+            m_u, m_v = _inverse_grams(tuple(decomposition))  # type: ignore[arg-type]
+            grams.update((p, pair) for p, pair in zip(members, zip(m_u.unbind(0), m_v.unbind(0))))
+            flags.append((ok, members))
+        return grams
+
+    def _move_bases(
+        self, proposals: list[_Proposal], inverse_grams: dict[_Proposal, tuple[Tensor, Tensor]], flags: _Flags
+    ) -> None:
+        """Step 2 for the ``U`` and ``V`` of every layer (``processed``; the momentum buffers get them too) and,
+        for fixed-rank layers, steps 3–4: preconditioner (``"exact"``), ``X = B − lr·D`` and its Cholesky-QR
+        retraction (``moved[0]``, ``moved[2]``; the flags join ``flags``)."""
+        entries = [(p, role) for p in proposals for role in (0, 2)]
+        bases = [p.factors[role] for p, role in entries]
+        keys = [(x.shape, x.dtype, x.device, id(p.groups[role]), id(p.hyper), p.adapt)
+                for x, (p, role) in zip(bases, entries)]
+        for batch in _batches(keys, self._batched):
+            members = [entries[i] for i in batch]
+            first, role = members[0]
+            basis = _stack([bases[i] for i in batch])
+            direction = tangent_projection(basis, _stack([p.directions[r] for p, r in members]))
+            if first.hyper["grad_scale"] == "reference":
+                scales = [p.state.get("grad_scale") for p, _ in members]
+                if any(scale is not None for scale in scales):
+                    one = None if all(c is not None for c in scales) else direction.new_ones(())
+                    direction.mul_(torch.stack([one if c is None else c for c in scales]).view(-1, 1, 1))
+            directions = direction.unbind(0)
+            written = [(p.buffers[r // 2], d) for (p, r), d in zip(members, directions) if p.buffers[r // 2] is not None]
+            if written:
+                torch._foreach_copy_([b[:, : direction.shape[-1]] for b, _ in written], [d for _, d in written])
+            for (p, r), d in zip(members, directions):
+                p.processed[r] = d
+            if first.adapt:
+                continue
+            step = direction
+            if first.hyper["grad_scale"] == "exact":
+                step = _precondition(direction, _stack([inverse_grams[p][r // 2] for p, r in members]))
+            retracted, ok = tangent_retraction(_descend(basis, step, first.groups[role]["lr"]))
+            for (p, r), q in zip(members, retracted.unbind(0)):
+                p.moved[r] = q
+            flags.append((ok, [p for p, _ in members]))
+
+    def _project_cores(self, proposals: list[_Proposal], flags: _Flags) -> None:
+        """Steps 3–4 for the cores of fixed-rank layers: ``S − lr·D_S`` projected onto ``κ ≤ 1 + τ``
+        (``moved[1]``), with the next ``"reference"`` gradient scale ``(σ_min/σ_max)²`` (``scale``). The flags of
+        the SVDs join ``flags``."""
+        cores = [p.factors[1] for p in proposals]
+        keys = [(s.shape, s.dtype, s.device, id(p.hyper)) for s, p in zip(cores, proposals)]
+        for batch in _batches(keys, self._batched):
+            members = [proposals[i] for i in batch]
+            hyper = members[0].hyper
+            moved = _descend(_stack([cores[i] for i in batch]), _stack([p.directions[1] for p in members]),
+                             hyper["lr"])
+            s1, sigma, ok = condition_projection_flagged(moved, hyper["tau"], hyper["s_projection"])
+            for p, s in zip(members, s1.unbind(0)):
+                p.moved[1] = s
+            if hyper["grad_scale"] == "reference":
+                for p, scale in zip(members, (sigma[:, -1] / sigma[:, 0]).square().to(s1.dtype).unbind(0)):
+                    p.scale = scale
+            flags.append((ok, members))
 
     @staticmethod
     def _checked_step(p: _Proposal) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Steps 3–4 of one layer with the checked decompositions (Householder QR, SVD with its fallback)."""
-        (u, s, v), (d_u, d_s, d_v), (lr_u, lr_s, lr_v) = p.factors, p.directions, p.lrs
+        """Steps 3–4 of one layer with the checked decompositions (Householder QR, SVD with its fallback), from
+        its processed directions."""
+        (u, s, v), d_u, d_v = p.factors, p.processed[0], p.processed[2]
+        lr_u, lr_s, lr_v = (group["lr"] for group in p.groups)
         if p.hyper["grad_scale"] == "exact":
-            d_u, d_v = _precondition(svd(s.to(linalg_dtype(s.dtype))), d_u, d_v)
-        s1, sigma = condition_projection(s - lr_s * d_s, p.hyper["tau"], p.hyper["s_projection"])
-        return qr_retraction(u - lr_u * d_u), s1, qr_retraction(v - lr_v * d_v), sigma
+            m_u, m_v = _inverse_grams(svd(s.to(linalg_dtype(s.dtype))))
+            d_u, d_v = _precondition(d_u, m_u), _precondition(d_v, m_v)
+        s1, sigma = condition_projection(_descend(s, p.directions[1], lr_s), p.hyper["tau"], p.hyper["s_projection"])
+        return qr_retraction(_descend(u, d_u, lr_u)), s1, qr_retraction(_descend(v, d_v, lr_v)), sigma
 
     def _adapt_layer(
         self, layer: LowRankLayer, hyper: dict[str, Any], lrs: tuple, directions: tuple[Tensor, Tensor, Tensor]
@@ -414,7 +486,8 @@ class CondLR(Optimizer):
         u, s, v = layer.factors()
         d_u, d_s, d_v = directions
         if hyper["grad_scale"] == "exact":
-            d_u, d_v = _precondition(svd(s.to(linalg_dtype(s.dtype))), d_u, d_v)
+            m_u, m_v = _inverse_grams(svd(s.to(linalg_dtype(s.dtype))))
+            d_u, d_v = _precondition(d_u, m_u), _precondition(d_v, m_v)
         lr_u, lr_s, lr_v = lrs
         u1, s1, v1 = augmented_update(u, s, v, lr_u * d_u, lr_s * d_s, lr_v * d_v, hyper["theta"], layer.max_rank)
         s1, sigma = condition_projection(s1, hyper["tau"], hyper["s_projection"])

@@ -64,18 +64,21 @@ def check_finite_gradients(optimizer: Optimizer, names: Mapping[Tensor, str]) ->
     from a non-finite one. ``names`` maps parameters to their names in the model (others are named by their
     place in ``param_groups``).
     """
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    device = grads[0].device
+    if any(norm.device != device for norm in norms):
+        norms = [norm.to(device) for norm in norms]
+    if bool(torch.isfinite(torch.stack(norms)).all()):  # stack promotes mixed dtypes
+        return
     places = [
         (p, f"param_groups[{i}]['params'][{j}]")
         for i, group in enumerate(optimizer.param_groups)
         for j, p in enumerate(group["params"])
         if p.grad is not None
     ]
-    if not places:
-        return
-    device = places[0][0].grad.device
-    norms = torch._foreach_norm([p.grad for p, _ in places])
-    if bool(torch.isfinite(torch.stack([n.to(device, torch.float32) for n in norms])).all()):
-        return
     for p, place in places:
         grad = p.grad
         if not bool(torch.isfinite(grad).all()):
