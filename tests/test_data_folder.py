@@ -32,6 +32,7 @@ from robustlr.data.augment import CROP_DRAWS, CROP_RATIO, CROP_SCALE, resized_cr
 from robustlr.data.pil_images import EVAL_RESIZE, evaluation_view, read_rgb
 from robustlr.data.seeding import uniforms
 from robustlr.evaluation.data import iter_batches
+from robustlr.train import TrainConfig, load_trained, train
 from robustlr.train.batches import TrainBatches
 from robustlr.train.distributed import block
 
@@ -364,6 +365,21 @@ def test_train_and_evaluate_on_image_folders_from_the_command_line(square, odd, 
     assert "clean accuracy" in capsys.readouterr().out
     report = json.loads((tmp_path / "eval" / "result.json").read_text())
     assert report["result"]["n"] == 9  # every image of val/, resized
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_a_folder_as_one_process(square, tmp_path, capfd, monkeypatch):
+    """Augmented batches decoded by each rank's workers from its own shard: the same weights as one process."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = {"data": "folder", "data_root": str(square), "model": "mlp", "method": "dense", "epochs": 2,
+                "batch_size": 16, "augment": True, "eval_n": 8, "eval_eps": (0.0,), "eval_steps": 1}
+    train(TrainConfig(**settings, out=str(tmp_path / "single")), progress=False)
+    argv = ["train", "--data", "folder", "--data-root", str(square), "--model", "mlp", "--method", "dense",
+            "--epochs", "2", "--batch-size", "16", "--augment", "--eval-n", "8", "--eval-eps", "0", "--eval-steps", "1"]
+    assert main([*argv, "--nproc", "2", "--no-progress", "--out", str(tmp_path / "ddp")]) == 0
+    single, ddp = (load_trained(tmp_path / run / "last.pt")[0].state_dict() for run in ("single", "ddp"))
+    for key, value in single.items():
+        torch.testing.assert_close(ddp[key], value, rtol=0, atol=1e-5, msg=key)
 
 
 def test_command_line_data_errors_are_one_line(odd, tmp_path, capsys):

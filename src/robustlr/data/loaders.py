@@ -12,6 +12,7 @@ from any worker.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -156,6 +157,13 @@ class BatchLoader(DataLoader):
         return ((item.images, item.labels) for item in self.fetched())
 
 
+def _worker_start(processes: int) -> str | None:
+    """How worker processes start: forked where the platform can (Linux), also inside the ``spawn``-ed ranks of
+    ``robustlr train --nproc`` (whose default start method is ``spawn``: each worker would import torch and
+    robustlr again, seconds per loader); the platform's default elsewhere (macOS, Windows)."""
+    return "fork" if processes > 0 and sys.platform == "linux" else None
+
+
 def _check_dataset(dataset: object) -> ImageDataset:
     if not isinstance(dataset, ImageDataset):
         raise ValueError(f"dataset must be a robustlr.data.ImageDataset; got {type(dataset).__name__}")
@@ -212,6 +220,7 @@ def make_loader(
         collate_fn=_keep,
         num_workers=processes,
         persistent_workers=processes > 0,
+        multiprocessing_context=_worker_start(processes),
         pin_memory=pin_memory,
         # The loader draws a per-epoch base seed (used by worker processes); a private generator
         # keeps that draw off the global RNG.
