@@ -279,6 +279,20 @@ def test_robust_accuracy_matches_pyautoattack_fab_t(fmnist_model, points, norm):
     assert int((robust_ours != robust_theirs).sum()) <= 2  # and the same points, but for two
 
 
+def test_untargeted_robust_accuracy_matches_pyautoattack_fab(fmnist_model, points):
+    """Untargeted FAB (the nearest linearised boundary at every step), one restart, L2, 100 real images: the
+    same robust accuracy as FABAttack_PT within 1 point, for the reason above."""
+    fab_pt = require("pyautoattack.fab_pt", "pip install --no-deps pyautoattack (the Makefile does)")
+    x, y = points[0][:100], points[1][:100]
+    ours = FAB(fmnist_model, EPS["l2"], "l2", steps=5, targeted=False, seed=0)(x, y)
+    peer = fab_pt.FABAttack_PT(fmnist_model, norm="L2", n_restarts=1, n_iter=5, eps=EPS["l2"], seed=0)
+    with torch.random.fork_rng():
+        theirs = peer.perturb(x, y)
+    robust_ours, robust_theirs = accuracy(fmnist_model, ours, y), accuracy(fmnist_model, theirs, y)
+    assert 0.05 < robust_theirs < accuracy(fmnist_model, x, y) - 0.2, robust_theirs
+    assert abs(robust_ours - robust_theirs) <= 0.01, (robust_ours, robust_theirs)
+
+
 def test_targeted_call_is_refused_with_the_reason(cnn, batch):
     x, y = batch
     with pytest.raises(ValueError, match="targeted must be False in a FAB call.*chooses its target classes itself"):
