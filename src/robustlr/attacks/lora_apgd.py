@@ -5,11 +5,11 @@ LoRa-PGD (Savostianova, Zangrando & Tudisco, arXiv 2410.12607; :class:`~robustlr
 per-sample step size, momentum and best-point restarts of Auto-PGD (Croce & Hein, ICML 2020, arXiv
 2003.01690, §3.2; :class:`~robustlr.attacks.APGD`).
 
-The perturbation of every image channel is ``D_{b,c} = U_{b,c} V_{b,c}`` of rank ``≤ r``, applied as LoRa-PGD
-applies it, ``δ̂ = ε·D/‖D‖`` (per sample; L∞: per channel, ``max |D|``) and ``x_adv = clip_[0,1](x + δ̂)``, so
-``‖δ̂‖ ≤ ε`` and ``rank(δ̂_{b,c}) ≤ r`` before the clip hold by construction whatever the factors.  With
-``G_U, G_V`` the gradients of the objective ``f`` at ``(U^(k), V^(k))`` and ``n(G) = G/‖G‖_F`` per sample,
-one step is
+The perturbation of every image channel is ``D_{b,c} = U_{b,c} V_{b,c}`` of rank ``≤ r``, applied as
+LoRa-PGD applies it, ``δ̂ = ε·D/‖D‖`` (per sample; L∞: per channel, ``max |D|``) and
+``x_adv = clip_[0,1](x + δ̂)``, so ``‖δ̂‖ ≤ ε`` and ``rank(δ̂_{b,c}) ≤ r`` before the clip hold by
+construction whatever the factors.  With ``G_U, G_V`` the gradients of the objective ``f`` at
+``(U^(k), V^(k))`` and ``n(G) = G/‖G‖_F`` per sample, one step is
 
     Z_U = U^(k) + η_k · n(G_U),    Z_V = V^(k) + η_k · n(G_V)                       (LoRa-PGD's step, scaled)
     U^(k+1) = U^(k) + α (Z_U − U^(k)) + (1 − α)(U^(k) − U^(k−1)),   the same for V,   α = 0.75
