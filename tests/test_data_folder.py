@@ -206,16 +206,26 @@ def test_workers_give_the_same_batches_as_the_main_process(odd):
     assert not torch.equal(serial[0][0], serial[1][0])  # a new order and augmentation every epoch
 
 
+def _fetch(data: ImageDataset, positions: list[int], augment: tuple[int, ...] | None) -> torch.Tensor:
+    images, _, levels = data.fetch(torch.tensor(positions), augment)
+    assert images.dtype == torch.uint8 and levels == 255  # what travels between processes: a quarter of float32
+    return images.float() / levels
+
+
 def test_a_samples_augmentation_depends_on_the_seed_and_its_index_only(odd, square):
     for data in (load_dataset("folder", "train", root=odd, image_size=16), load_dataset("folder", "train", root=square)):
-        together, _ = data.fetch(torch.tensor([3, 5, 9]), (11, 0))
-        alone, _ = data.fetch(torch.tensor([5]), (11, 0))
+        together, alone = _fetch(data, [3, 5, 9], (11, 0)), _fetch(data, [5], (11, 0))
         assert torch.equal(together[1], alone[0])
-        assert not torch.equal(data.fetch(torch.tensor([5]), (12, 0))[0], alone)
-        plain, _ = data.fetch(torch.tensor([5]), None)
-        assert torch.equal(plain, data[[5]][0])
+        assert not torch.equal(_fetch(data, [5], (12, 0)), alone)
+        assert torch.equal(_fetch(data, [5], None), data[[5]][0])
     part = data.subset([5, 9])  # (the square folder) keys are indices in the source: a subset augments alike
-    assert torch.equal(part.fetch(torch.tensor([0]), (11, 0))[0], alone) and part.keys(torch.tensor([1])) == [9]
+    assert torch.equal(_fetch(part, [0], (11, 0)), alone) and part.keys(torch.tensor([1])) == [9]
+    memory = ImageDataset(torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).reshape(2, 3, 8, 8), torch.tensor([0, 1]),
+                          name="m", classes=["a", "b"])
+    images, _, levels = memory.fetch(torch.tensor([0, 1]), (4, 0))  # crop and flip on uint8, then / 255 ...
+    memory.transform = lambda x: x  # ... equals crop and flip of the float32 images (the transform's path)
+    floats, _, none = memory.fetch(torch.tensor([0, 1]), (4, 0))
+    assert images.dtype == torch.uint8 and none is None and torch.equal(images.float() / levels, floats)
 
 
 def test_two_shards_fetch_only_their_samples_and_join_to_the_single_process_batches(square, monkeypatch):

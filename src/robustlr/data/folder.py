@@ -163,6 +163,7 @@ class FolderDataset(ImageDataset):
         self.files = np.array([os.fsencode(path) for path in files])
         self.image_size = image_size
         self.workers = default_workers() if workers is None else check_int("workers", workers, 0)
+        self.levels = 255
         self._shape = (3, height, width)
 
     @property
@@ -183,7 +184,7 @@ class FolderDataset(ImageDataset):
         """The file of the image at ``position``."""
         return self.directory / os.fsdecode(self.files[position])
 
-    def _take(self, index: int | slice | Tensor) -> Tensor:
+    def _stored(self, index: int | slice | Tensor) -> Tensor:
         positions = torch.arange(len(self))[index]
         if positions.ndim == 0:
             return self._decode(positions[None], self._evaluation_view)[0]
@@ -194,7 +195,7 @@ class FolderDataset(ImageDataset):
 
     def _decode(self, positions: Tensor, view: View) -> Tensor:
         """The images at ``positions``, each decoded, passed through ``view`` and checked to have the dataset's
-        size, as a float32 batch ``(B, 3, H, W)``."""
+        size, as a uint8 batch ``(B, 3, H, W)``."""
         batch = np.empty((len(positions), *self._shape), dtype=np.uint8)  # numpy: a copy per image without threads
         for row, position in enumerate(positions.tolist()):
             image = view(read_rgb(self.path(position)), row)
@@ -203,20 +204,21 @@ class FolderDataset(ImageDataset):
                                  f"are {self._shape[2]}x{self._shape[1]} (the file changed since the dataset was "
                                  "built?); give image_size=N (CLI: --image-size N) to resize every image")
             batch[row] = np.asarray(image).transpose(2, 0, 1)
-        return torch.from_numpy(batch).float().div_(255)
+        return torch.from_numpy(batch)
 
-    def fetch(self, positions: Tensor, augment: AugmentSeed | None) -> tuple[Tensor, Tensor]:
-        """The batch at ``positions``; with ``augment`` (the epoch's seed) and ``image_size``, each image is its
-        seeded random-resized crop and flip (:func:`~robustlr.data.pil_images.training_view`), else as for
-        :meth:`ImageDataset.fetch` (evaluation view, then the seeded crop with padding 4 and flip)."""
+    def fetch(self, positions: Tensor, augment: AugmentSeed | None) -> tuple[Tensor, Tensor, int | None]:
+        """The batch at ``positions``, as :meth:`ImageDataset.fetch` returns it (uint8 images of 255 levels
+        without ``transform``); with ``augment`` (the epoch's seed) and ``image_size``, each image is its seeded
+        random-resized crop and flip (:func:`~robustlr.data.pil_images.training_view`), else the evaluation view
+        augmented as :meth:`ImageDataset.fetch` does (the seeded crop with padding 4 and flip)."""
         if augment is None or self.image_size is None:
             return super().fetch(positions, augment)
         draws = uniforms(augment, self.keys(positions), CROP_DRAWS)
         size = self.image_size
         images = self._decode(positions, lambda image, row: training_view(image, size, draws[row]))
         if self.transform is not None:
-            images = self.transform(images)
-        return images, self.labels[positions]
+            return self.transform(self._scaled(images)), self.labels[positions], None
+        return images, self.labels[positions], self.levels
 
     def subset(self, indices: Sequence[int] | Tensor) -> FolderDataset:
         """A new folder dataset of the samples at ``indices`` (no file is read again)."""

@@ -162,21 +162,33 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def _take(self, index: int | slice | Tensor) -> Tensor:
         """The float32 image(s) at ``index``, before ``transform``."""
-        return self._scaled(self.pixels[index])
+        return self._scaled(self._stored(index))
+
+    def _stored(self, index: int | slice | Tensor) -> Tensor:
+        """The image(s) at ``index`` as stored (uint8 of :attr:`levels`, or float32)."""
+        return self.pixels[index]
 
     def keys(self, positions: Tensor) -> list[int]:
         """The key of each sample at ``positions``: its index in the dataset it was loaded as (``indices``
         composed through every :meth:`subset`), which seeds its augmentation (:mod:`robustlr.data.seeding`)."""
         return (positions if self.indices is None else self.indices[positions]).tolist()
 
-    def fetch(self, positions: Tensor, augment: AugmentSeed | None) -> tuple[Tensor, Tensor]:
+    def fetch(self, positions: Tensor, augment: AugmentSeed | None) -> tuple[Tensor, Tensor, int | None]:
         """The batch at ``positions`` (a 1-d int64 tensor), augmented when ``augment`` gives the epoch's seed:
-        :class:`~robustlr.data.RandomCropFlip` (padding 4) keyed by the samples' :meth:`keys`, after
-        ``transform``."""
-        images, labels = self[positions]
+        :class:`~robustlr.data.RandomCropFlip` (padding 4) keyed by the samples' :meth:`keys`.
+
+        Returns ``(images, labels, levels)``: without ``transform`` the images as stored, uint8 with
+        ``levels`` (a quarter of the bytes to move between processes and to a GPU; the images are
+        ``images.float() / levels``, cropping and flipping commute with that conversion), or float32 with
+        ``levels`` ``None``; with ``transform`` its float32 output, then augmented (``levels`` ``None``).
+        """
+        if self.transform is None:
+            images, levels = self._stored(positions), self.levels
+        else:
+            images, levels = self[positions][0], None
         if augment is not None:
             images = RandomCropFlip(padding=CROP_PADDING).keyed(images, augment, self.keys(positions))
-        return images, labels
+        return images, self.labels[positions], levels
 
     def subset(self, indices: Sequence[int] | Tensor) -> ImageDataset:
         """A new dataset with the samples at ``indices`` (copied), keeping name, classes, transform and workers.

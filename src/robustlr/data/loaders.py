@@ -55,15 +55,27 @@ class BatchRequest:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A fetched batch: float32 images, int64 labels and the request they answer."""
+    """A fetched batch: its images (as the dataset stores them: uint8 of ``levels``, or float32 with ``levels``
+    ``None``), int64 labels and the request they answer.  Batches travel from worker processes (and to a GPU) in
+    the stored dtype, a quarter of the bytes of float32 for uint8; :meth:`floats` converts them."""
 
     images: Tensor
     labels: Tensor
     request: BatchRequest
+    levels: int | None
+
+    def floats(self, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """``(images, labels)`` on ``device`` (default: where they are), the images as float32 ``value / levels``
+        (converted after the copy, on the device)."""
+        images, labels = self.images, self.labels
+        if device is not None:
+            pinned = images.is_pinned()  # page-locked: the copy may overlap the work already queued
+            images, labels = images.to(device, non_blocking=pinned), labels.to(device, non_blocking=pinned)
+        return (images if self.levels is None else images.float().div_(self.levels)), labels
 
     def pin_memory(self) -> Fetched:
         """The batch in page-locked memory (called by the loader's ``pin_memory`` thread)."""
-        return Fetched(self.images.pin_memory(), self.labels.pin_memory(), self.request)
+        return Fetched(self.images.pin_memory(), self.labels.pin_memory(), self.request, self.levels)
 
 
 @dataclass(frozen=True)
@@ -127,10 +139,10 @@ class _Fetch(Dataset):
 
     def __getitem__(self, request: BatchRequest) -> Fetched | _Failure:
         try:
-            images, labels = self.dataset.fetch(request.positions, request.augment)
+            images, labels, levels = self.dataset.fetch(request.positions, request.augment)
         except ValueError as error:
             return _Failure(str(error))
-        return Fetched(images, labels, request)
+        return Fetched(images, labels, request, levels)
 
 
 def _keep(item: Fetched | _Failure) -> Fetched | _Failure:
@@ -139,8 +151,9 @@ def _keep(item: Fetched | _Failure) -> Fetched | _Failure:
 
 
 class BatchLoader(DataLoader):
-    """A ``DataLoader`` of :class:`SeededBatches` requests: iterating it yields ``(images, labels)``,
-    :meth:`fetched` the :class:`Fetched` batches (with their requests)."""
+    """A ``DataLoader`` of :class:`SeededBatches` requests: iterating it yields ``(images, labels)`` (float32
+    images, converted in this process), :meth:`fetched` the :class:`Fetched` batches (as stored, with their
+    requests)."""
 
     def fetched(self) -> Iterator[Fetched]:
         """The batches of one pass, with the request each answers.
@@ -154,7 +167,7 @@ class BatchLoader(DataLoader):
             yield item
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:  # type: ignore[override]
-        return ((item.images, item.labels) for item in self.fetched())
+        return (item.floats() for item in self.fetched())
 
 
 def _worker_start(processes: int) -> str | None:

@@ -5,6 +5,10 @@ Files in ``config.out``: ``config.json``, ``metrics.csv``, ``metrics.json``, ``l
 (state dicts with JSON sidecars; rebuild with :func:`~robustlr.train.load_trained`), ``resume.pt``,
 ``eval-last/`` and ``eval-best/`` (evaluation reports) and ``summary.json``.
 
+A run builds ``config.model`` with ``config.method``'s layers and loads ``config.data``, or starts from a given model
+and given datasets (``train(config, model=..., data=(train, test))``: how ``robustlr compress`` fine-tunes a trained
+network converted to low rank).
+
 Reproducibility: the model is initialised after ``torch.manual_seed(seed)``, the validation split is seeded
 with ``seed``, epoch ``e`` shuffles (and augments) with a generator seeded by ``seed · 1000003 + e``, the
 adversarial examples of batch ``b`` are seeded by ``(seed, e, b)``, and ``resume.pt`` stores every other piece
@@ -106,9 +110,11 @@ class _Splits:
     test: ImageDataset
 
 
-def _load_splits(config: TrainConfig) -> _Splits:
-    """Training subset split into train/validation (seeded), and the test split."""
-    full = load_dataset(config.data, "train", root=config.data_root, download=config.download)
+def _load_splits(config: TrainConfig, given: tuple[ImageDataset, ImageDataset] | None) -> _Splits:
+    """Training subset split into train/validation (seeded), and the test split: of ``config.data``, or the
+    ``(train, test)`` datasets ``given``."""
+    full = load_dataset(config.data, "train", root=config.data_root, download=config.download) if given is None \
+        else given[0]
     if config.train_subset is not None:
         if config.train_subset > len(full):
             raise ValueError(f"train_subset must be an int in [2, {len(full)}] (the size of {config.data}'s training "
@@ -118,7 +124,8 @@ def _load_splits(config: TrainConfig) -> _Splits:
     if len(val) == 0:
         raise ValueError(f"val_fraction = {config.val_fraction:g} leaves no validation image out of {len(full)}; "
                          f"allowed: a fraction in (0, 1) with val_fraction · {len(full)} >= 1")
-    test = load_dataset(config.data, "test", root=config.data_root, download=config.download)
+    test = load_dataset(config.data, "test", root=config.data_root, download=config.download) if given is None \
+        else given[1]
     return _Splits(train, val, test)
 
 
@@ -130,16 +137,20 @@ class _Run:
     """The objects of one run (in one process) and the steps of the loop."""
 
     def __init__(self, config: TrainConfig, progress: bool, batch_transform: BatchTransform | None,
-                 group: Distributed) -> None:
+                 group: Distributed, model: nn.Module | None = None,
+                 data: tuple[ImageDataset, ImageDataset] | None = None) -> None:
         self.config = config
         self.paths = RunPaths(Path(config.out))
         self.group = group
         self.device = group.device(_device(config))
         self.progress = progress and self.group.is_main
-        self.data = _load_splits(config)
-        self.model_args = model_args_for(config, self.data.train)
+        self.data = _load_splits(config, data)
         torch.manual_seed(config.seed)
-        self.model = build_model(config, self.model_args).to(self.device)
+        if model is None:
+            model = build_model(config, model_args_for(config, self.data.train))
+        else:
+            model = copy.deepcopy(model)
+        self.model = model.to(self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer)
         self.precision = Precision(config.amp, self.device)
@@ -210,7 +221,7 @@ class _Run:
         stepper = Stepper(self.group.wrap(self.model), self.optimizer, self.transform, module=self.model,
                           world_size=self.group.world_size, reduce=self.group.sum, precision=self.precision)
         batches = TrainBatches(self.data.train, self.config.batch_size, self.config.augment, self.group.shard,
-                               pin_memory=self.device.type == "cuda")
+                               device=self.device)
         for epoch in range(self.state.epoch + 1, self.config.epochs + 1):
             self._train_batches(stepper, batches, epoch, stop)
             self._finish_epoch(epoch)
@@ -235,7 +246,7 @@ class _Run:
             for batch in batches.epoch(epoch, epoch_seed(config.seed, epoch), start=state.batch):
                 tic = time.perf_counter()
                 try:
-                    step = stepper(batch.x.to(self.device), batch.y.to(self.device), batch.context,
+                    step = stepper(batch.x, batch.y, batch.context,  # on self.device (TrainBatches)
                                    stopping=lambda: stop.signum is not None)
                 except Exception:
                     self._settle(stepper, epoch)  # a loss gone non-finite is the cause of what the step raised
@@ -380,6 +391,8 @@ def train(
     *,
     resume: bool = False,
     batch_transform: BatchTransform | None = None,
+    model: nn.Module | None = None,
+    data: tuple[ImageDataset, ImageDataset] | None = None,
 ) -> TrainResult:
     """Train ``config.method`` on ``config.data`` into ``config.out``, then evaluate the last and best models.
 
@@ -391,6 +404,13 @@ def train(
             processes); without it ``config.out`` must not hold a run.
         batch_transform: ``(model, x, y, context) -> (x, y)`` applied to every training batch before the update
             (identity by default); must be None with ``config.adv``, whose attack is the transform.
+        model: start from this model (e.g. a trained network converted by
+            :func:`~robustlr.lowrank.to_lowrank`) instead of building ``config.model`` with ``config.method``'s
+            layers: a copy of it is trained (``model`` itself is not changed) by ``config.method``'s optimiser;
+            ``config.model`` and ``config.rank`` are then only recorded. A resumed run must be given a model of
+            the same structure (its weights are replaced by the stored ones).
+        data: ``(train, test)`` datasets to use instead of loading ``config.data`` (then only recorded);
+            ``train_subset`` and the validation split apply to ``train`` as to a loaded training split.
 
     Inside ``torchrun`` (``WORLD_SIZE > 1``) the run is distributed (see the module docstring); every process
     returns the result, rank 0 alone writes the files. SIGINT and SIGTERM stop the run at the next batch
@@ -404,13 +424,18 @@ def train(
         TrainingInterrupted: after SIGINT/SIGTERM, once the resumable state is saved.
         ReplicaDivergenceError: if the processes of a distributed run stop holding the same parameters.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module to start from, or None; got {type(model).__name__}")
+    if data is not None and not (isinstance(data, tuple) and len(data) == 2
+                                 and all(isinstance(part, ImageDataset) for part in data)):
+        raise ValueError(f"data must be a (train, test) pair of robustlr ImageDatasets, or None; got {data!r:.200}")
     if batch_transform is not None and config.adv is not None:
         raise ValueError(f"batch_transform must be None when config.adv is set (adversarial training is the batch "
                          f"transform); got adv={config.adv!r} and a batch_transform")
     group = Distributed.from_env(_device(config))
     try:
         with group.raise_on_all():  # data and settings each process checks by itself (no collectives inside)
-            run = _Run(config, progress, batch_transform, group)
+            run = _Run(config, progress, batch_transform, group, model, data)
         if resume:
             run.resume()
         else:
