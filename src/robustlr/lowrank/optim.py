@@ -323,12 +323,13 @@ class CondLR(Optimizer):
             groups = tuple(group_of[key] for key in keys)
             state = self.state[params[1]]
             state["step"] = state.get("step", 0) + 1
-            u, s, v = (directions[key] if key in directions else torch.zeros_like(p) for key, p in zip(keys, params))
+            moves = tuple(directions[key] if key in directions else torch.zeros_like(p) for key, p in zip(keys, params))
             r = layer.rank
-            buffers = tuple(self.state[p].get("momentum_buffer") for p in (params[0], params[2]))
+            if r != layer.max_rank:  # the active blocks (slicing costs a call per tensor: only where needed)
+                params, moves = layer.factors(), (moves[0][:, :r], moves[1][:r, :r], moves[2][:, :r])
+            buffers = tuple(self.state[p].get("momentum_buffer") for p in (layer.U, layer.V))
             adapt = groups[1]["theta"] is not None and state["step"] % groups[1]["adapt_every"] == 0
-            proposals.append(_Proposal(layer, layer.factors(), (u[:, :r], s[:r, :r], v[:, :r]), groups,  # type: ignore[arg-type]
-                                       state, buffers, adapt))  # type: ignore[arg-type]
+            proposals.append(_Proposal(layer, params, moves, groups, state, buffers, adapt))  # type: ignore[arg-type]
         self._move(proposals)
         return loss
 
@@ -387,7 +388,7 @@ class CondLR(Optimizer):
         sources: list[Tensor] = []
         for p in fixed:
             new = (p.moved[0], p.moved[1], p.moved[2])
-            if p.layer.max_rank == p.layer.rank:  # the whole parameters are active: one foreach copy
+            if p.layer.max_rank == p.layer.rank:  # the factors are the whole parameters: one foreach copy
                 targets += p.factors
                 sources += new
             else:
@@ -434,7 +435,9 @@ class CondLR(Optimizer):
             directions = direction.unbind(0)
             written = [(p.buffers[r // 2], d) for (p, r), d in zip(members, directions) if p.buffers[r // 2] is not None]
             if written:
-                torch._foreach_copy_([b[:, : direction.shape[-1]] for b, _ in written], [d for _, d in written])
+                rank = direction.shape[-1]
+                torch._foreach_copy_([b if b.shape[-1] == rank else b[:, :rank] for b, _ in written],
+                                     [d for _, d in written])
             for (p, r), d in zip(members, directions):
                 p.processed[r] = d
             if first.adapt:
