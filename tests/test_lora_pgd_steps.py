@@ -40,13 +40,14 @@ def images(fmnist):
     return x, test.labels[:12]
 
 
-@pytest.mark.parametrize("norm,eps,init", [("l2", 1.5, "lora"), ("l2", 1.5, "svd"), ("linf", 0.1, "lora"),
-                                           ("linf", 0.1, "svd")])
+@pytest.mark.parametrize("norm,eps,init,rank", [("l2", 1.5, "lora", 3), ("l2", 1.5, "svd", 3), ("l2", 1.5, "lora", 6),
+                                                ("linf", 0.1, "lora", 3), ("linf", 0.1, "svd", 3)])
 @pytest.mark.parametrize("targeted", [False, True])
-def test_factors_equal_the_autograd_reference(images, norm, eps, init, targeted):
+def test_factors_equal_the_autograd_reference(images, norm, eps, init, rank, targeted):
+    """Ranks 3 and 6: the two ways of the small Gram products (broadcast multiply-adds up to rank 4, bmm above)."""
     x, y = images
     model = small_cnn(seed=3)
-    atk = LoRaPGD(model, eps, rank=3, norm=norm, steps=4, init=init, seed=0)
+    atk = LoRaPGD(model, eps, rank=rank, norm=norm, steps=4, init=init, seed=0)
     u0, v0 = atk.factors(x, y, targeted, steps=0)
     ours = atk.factors(x, y, targeted, steps=4)
     reference = _reference_factors(small_cnn(seed=3), x, y, eps, norm, u0, v0, 4, targeted)
