@@ -1,16 +1,29 @@
 """Attacks by name, as the CLI, the demo and the experiment configs refer to them.
 
-=================  ==========================================================  =======
-name               attack                                                      norm
-=================  ==========================================================  =======
-``fgsm``           :class:`FGSM` (sign step of size ε)                          L∞
-``fgm-l2``         :class:`FGSM` with ``norm="l2"`` (L2-normalised step)        L2
-``pgd-linf``       :class:`PGD`, α = 2.5ε/steps, random start                   L∞
-``pgd-l2``         :class:`PGD`, α = 1.8ε/steps, random start                   L2
-``lora-pgd``       :class:`LoRaPGD` (the paper's attack), per rank              L2
-``lora-pgd-linf``  :class:`LoRaPGD` with ``norm="linf"`` (extension), per rank  L∞
-``rank-pgd``       :class:`RankProjectedPGD` (PGD-L2 truncated at the end)      L2
-=================  ==========================================================  =======
+=================  ===================================================================  =======  ==============
+name               attack                                                               norm     default work
+=================  ===================================================================  =======  ==============
+``fgsm``           :class:`FGSM` (sign step of size ε)                                  L∞       1 step
+``fgm-l2``         :class:`FGSM` with ``norm="l2"`` (L2-normalised step)                L2       1 step
+``pgd-linf``       :class:`PGD`, α = 2.5ε/steps, random start                           L∞       10 steps
+``pgd-l2``         :class:`PGD`, α = 1.8ε/steps, random start                           L2       10 steps
+``lora-pgd``       :class:`LoRaPGD` (the paper's attack), per rank                      L2       10 steps
+``lora-pgd-linf``  :class:`LoRaPGD` with ``norm="linf"`` (extension), per rank          L∞       10 steps
+``rank-pgd``       :class:`RankProjectedPGD` (PGD-L2 truncated at the end)              L2       10 steps
+``apgd-ce-<n>``    :class:`APGD` on the cross-entropy, ρ = 0.75                         <n>      100 steps
+``apgd-dlr-<n>``   :class:`APGD` on the DLR loss, ρ = 0.75                              <n>      100 steps
+``apgd-t-<n>``     :class:`APGDT`: targeted DLR over the 9 most likely other classes    <n>      100 steps
+``fab-t-<n>``      :class:`FAB` targeted (FAB-T) over the 9 most likely other classes   <n>      100 steps
+``square-<n>``     :class:`Square`, p_init = 0.8                                        <n>      5000 queries
+=================  ===================================================================  =======  ==============
+
+AutoAttack's attacks (Croce & Hein, ICML 2020: ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab-t``, ``square``) work
+in either norm; like ``pgd-linf`` / ``pgd-l2`` their names here carry the threat model, ``<n>`` = ``linf`` or
+``l2`` (``apgd-ce-linf``, ``square-l2``), so that every name has one norm (:func:`attack_norm`) and the CLI
+groups attacks by it.  Their defaults are AutoAttack's standard version: 100 steps and 1 restart (APGD-CE,
+APGD-T per target class, FAB-T per target class), 9 target classes, Square 5000 queries from ``p_init = 0.8``.
+``steps`` and ``restarts`` change them where they mean something: ``steps`` for every iterative attack (FGSM and
+Square take none), ``restarts`` for all but FGSM, ``queries`` for Square only.
 """
 
 from __future__ import annotations
@@ -21,19 +34,31 @@ import torch
 from torch import nn
 
 from ..checks import check_int
+from .apgd import APGD
+from .apgd_targeted import APGDT
 from .base import Attack
+from .fab import FAB
 from .fgsm import FGSM
 from .lora_pgd import LoRaPGD
 from .pgd import PGD
+from .projections import NORMS
 from .rank_projected import RankProjectedPGD
+from .square import Square
 
-__all__ = ["ATTACK_NAMES", "RANKED_ATTACKS", "attack_norm", "build_attack"]
+__all__ = ["ATTACK_NAMES", "AUTOATTACK_ATTACKS", "RANKED_ATTACKS", "DEFAULT_STEPS", "attack_norm", "normed_name",
+           "build_attack"]
+
+AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+"""AutoAttack's names of its attacks; the registry's are ``<name>-linf`` and ``<name>-l2`` (:func:`normed_name`)."""
 
 _NORMS = {"fgsm": "linf", "fgm-l2": "l2", "pgd-linf": "linf", "pgd-l2": "l2",
-          "lora-pgd": "l2", "lora-pgd-linf": "linf", "rank-pgd": "l2"}
+          "lora-pgd": "l2", "lora-pgd-linf": "linf", "rank-pgd": "l2",
+          **{f"{name}-{norm}": norm for name in AUTOATTACK_ATTACKS for norm in NORMS}}
 ATTACK_NAMES: tuple[str, ...] = tuple(_NORMS)
 RANKED_ATTACKS = ("lora-pgd", "lora-pgd-linf", "rank-pgd")
 """Attacks that take a ``rank``: one instance per requested rank."""
+DEFAULT_STEPS = {"pgd": 10, "lora": 10, "rank": 10, "apgd": 100, "fab": 100}
+"""Steps of the iterative attacks when none are given, by the first word of their name (module table)."""
 
 
 def attack_norm(name: str) -> str:
@@ -43,38 +68,63 @@ def attack_norm(name: str) -> str:
     return _NORMS[name]
 
 
+def normed_name(name: str, norm: str) -> str:
+    """The registry's name of AutoAttack's attack ``name`` (one of :data:`AUTOATTACK_ATTACKS`) in ``norm``."""
+    if name not in AUTOATTACK_ATTACKS:
+        raise ValueError(f"name must be one of AutoAttack's attacks {AUTOATTACK_ATTACKS}, got {name!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return f"{name}-{norm}"
+
+
 def build_attack(
     name: str,
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     eps: float,
     *,
     rank: int | float | None = None,
-    steps: int = 10,
+    steps: int | None = None,
     restarts: int = 1,
+    queries: int | None = None,
     seed: int | None = 0,
     loss_scale: float | None = None,
 ) -> Attack:
     """Construct the attack ``name`` (see the module table) at budget ``eps``.
 
     ``loss_scale`` is passed to every attack (see :class:`~robustlr.attacks.base.Attack`).
-    ``rank`` is required for the ranked attacks and refused for the others; ``steps`` and ``restarts``
-    are checked for every attack (integers >= 1) and ignored by the single-step FGSM/FGM.  Numbers may be
-    of any real (``eps``, a fraction ``rank``) or integer (``steps``, ``restarts``, ``seed``, an int
-    ``rank``) type, numpy scalars included; the constructors check them.
+    ``rank`` is required for the ranked attacks and refused for the others; ``queries`` (default 5000) is
+    Square's and refused for the others.  ``steps`` (default: the table's) and ``restarts`` are checked for
+    every attack (integers >= 1); FGSM/FGM ignore both, Square ignores ``steps``.  Numbers may be of any real
+    (``eps``, a fraction ``rank``) or integer (``steps``, ``restarts``, ``queries``, ``seed``, an int ``rank``)
+    type, numpy scalars included; the constructors check them.
     """
     norm = attack_norm(name)
-    check_int("steps", steps, 1)
+    if steps is not None:
+        check_int("steps", steps, 1)
     check_int("restarts", restarts, 1)
     if name in RANKED_ATTACKS and rank is None:
         raise ValueError(f"attack {name!r} needs a rank (an int or a fraction in (0, 1]), got None")
     if name not in RANKED_ATTACKS and rank is not None:
         raise ValueError(f"attack {name!r} takes no rank, got rank={rank!r}; ranked attacks: {RANKED_ATTACKS}")
-    if name in ("fgsm", "fgm-l2"):
-        return FGSM(model, eps, norm, seed=seed, loss_scale=loss_scale)
-    if name.startswith("pgd"):
-        return PGD(model, eps, norm, steps=steps, restarts=restarts, seed=seed, loss_scale=loss_scale)
-    if name.startswith("lora"):
-        return LoRaPGD(model, eps, rank=rank, norm=norm, steps=steps, restarts=restarts, seed=seed,
-                       loss_scale=loss_scale)
-    return RankProjectedPGD(model, eps, rank=rank, norm=norm, steps=steps, restarts=restarts, seed=seed,
-                            loss_scale=loss_scale)
+    family = name.split("-")[0]
+    if family != "square" and queries is not None:
+        raise ValueError(f"attack {name!r} takes no queries (only square-linf / square-l2 do), got queries={queries!r}")
+    common = {"seed": seed, "loss_scale": loss_scale}
+    if family in ("fgsm", "fgm"):
+        return FGSM(model, eps, norm, **common)
+    if family == "square":
+        return Square(model, eps, norm, queries=5000 if queries is None else queries, p_init=0.8, restarts=restarts,
+                      **common)
+    steps = DEFAULT_STEPS[family] if steps is None else steps
+    if family == "pgd":
+        return PGD(model, eps, norm, steps=steps, restarts=restarts, **common)
+    if family == "lora":
+        return LoRaPGD(model, eps, rank=rank, norm=norm, steps=steps, restarts=restarts, **common)
+    if family == "rank":
+        return RankProjectedPGD(model, eps, rank=rank, norm=norm, steps=steps, restarts=restarts, **common)
+    if family == "fab":
+        return FAB(model, eps, norm, steps=steps, targeted=True, n_target_classes=9, restarts=restarts, **common)
+    if name.startswith("apgd-t-"):
+        return APGDT(model, eps, norm, steps=steps, n_target_classes=9, restarts=restarts, rho=0.75, **common)
+    loss = "dlr" if name.startswith("apgd-dlr-") else "ce"
+    return APGD(model, eps, norm, steps=steps, loss=loss, restarts=restarts, rho=0.75, **common)
