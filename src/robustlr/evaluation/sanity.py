@@ -1,34 +1,58 @@
-"""Sanity checks of an evaluation (AutoAttack's flags, Carlini et al. 2019): reported, never raised.
+"""Sanity checks of an evaluation (AutoAttack's flags, Croce & Hein ICML 2020; Carlini et al. 2019): reported,
+never raised.
+
+Of the model (:func:`model_warnings`, :func:`class_warnings`):
+
+* the model must return logits, not probabilities (attacks on softmax outputs are weakened);
+* the input gradient of the cross-entropy must not be exactly zero (gradient masking, saturated outputs,
+  or an output that does not depend on the input);
+* the model must be deterministic: two identical forward passes of the first batch may differ by at most
+  :data:`RANDOMISED_RTOL` (relative, per sample), else it is a randomised defence that needs an attack averaging
+  over its randomness (EOT; AutoAttack's ``version="rand"``);
+* an attack that targets ``n_target_classes`` other classes (APGD-T, FAB-T: 9 by default) needs that many: a
+  model with fewer classes gets all of them.
+
+Of the attacks' numbers (:func:`attack_warnings`):
 
 * robust accuracy must not increase with ε (else: weak, randomised or gradient-masked attack);
 * a model that is accurate on clean data but keeps more than 10 % robust accuracy at an attack's largest ε
   is suspicious unless it was trained to be robust (gradient masking, or an ε grid that is too small);
-* the input gradient of the cross-entropy must not be exactly zero (gradient masking, saturated outputs,
-  or an output that does not depend on the input);
-* the model must return logits, not probabilities (attacks on softmax outputs are weakened).
+* gradient masking: at one (ε, norm), attacks that do not follow a loss gradient (FAB, Square:
+  :mod:`robustlr.evaluation.families`) break at least one point and at least :data:`MASKING_SHARE` of the points
+  that the gradient attacks left robust.
 
-Not a check but said the same way (also with ``sanity=False``, see :func:`norm_notes`): attacks of several
-norms at one ε get one worst case per norm, never a merged one.
+Not checks but said the same way (also with ``sanity=False``): attacks of several norms at one ε get one worst
+case per norm, never a merged one (:func:`norm_notes`, a warning); an evaluation by gradient attacks only is an
+upper bound on the robust accuracy (:func:`upper_bound_notes`, a note: ``result.notes``, not a warning).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 
-from .result import AttackResult, worst_cases_per_eps
-from .specs import GRID
+from .families import BOUNDARY, GRADIENT, SCORE
+from .result import AttackResult, budget_groups, worst_cases_per_eps
+from .specs import AttackRun, GRID
 
 __all__ = [
     "RobustnessWarning",
     "UNDEFENDED_CLEAN",
     "BROKEN_ROBUST",
     "PROBABILITY_TOL",
+    "RANDOMISED_RTOL",
+    "MASKING_SHARE",
     "zero_gradient_count",
     "looks_like_probabilities",
+    "forward_spread",
     "sanity_warnings",
+    "model_warnings",
+    "class_warnings",
+    "attack_warnings",
     "norm_notes",
+    "upper_bound_notes",
     "emit",
 ]
 
@@ -38,6 +62,12 @@ BROKEN_ROBUST = 0.10
 """Robust accuracy at the largest ε above which an attack is flagged for a model that could be undefended."""
 PROBABILITY_TOL = 1e-4
 """Rows summing to 1 within this tolerance (and non-negative) look like probabilities."""
+RANDOMISED_RTOL = 1e-5
+"""Largest relative difference ``‖z₁ − z₂‖₂ / ‖z₁‖₂`` of the logits of two identical forward passes of a sample
+for a deterministic model."""
+MASKING_SHARE = 0.10
+"""Share of the points left robust by the gradient attacks that FAB / Square may break before gradient masking is
+flagged (and at least one point)."""
 
 
 class RobustnessWarning(UserWarning):
@@ -59,10 +89,29 @@ def looks_like_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return (rows >= 0).all() & ((rows.sum(dim=1) - 1).abs() <= PROBABILITY_TOL).all()
 
 
+def forward_spread(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   logits: torch.Tensor) -> torch.Tensor:
+    """The largest relative difference ``‖z₁ − z₂‖₂ / ‖z₁‖₂`` over the samples of ``x`` between ``logits`` (a
+    first forward pass) and a second forward pass, as a 0-d float64 tensor on the device (not read)."""
+    with torch.no_grad():
+        first, second = logits.detach().double(), model(x).detach().double()
+    return ((second - first).norm(dim=1) / first.norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)).max()
+
+
 def sanity_warnings(
-    n: int, clean_accuracy: float, results: list[AttackResult], zero_gradients: int, probabilities: bool
+    n: int, clean_accuracy: float, results: list[AttackResult], zero_gradients: int, probabilities: bool,
+    spread: float = 0.0, class_messages: Sequence[str] = (),
 ) -> list[str]:
-    """The messages of every failed check, in a fixed order (see the module docstring)."""
+    """The messages of every failed check, in a fixed order (see the module docstring): the model's
+    (:func:`model_warnings`, then ``class_messages`` of :func:`class_warnings`), the attacks'
+    (:func:`attack_warnings`), then :func:`norm_notes`."""
+    return (model_warnings(n, zero_gradients, probabilities, spread) + list(class_messages)
+            + attack_warnings(clean_accuracy, results) + norm_notes(results))
+
+
+def model_warnings(n: int, zero_gradients: int, probabilities: bool, spread: float = 0.0) -> list[str]:
+    """Probability outputs, ``zero_gradients`` samples (of ``n``) with an all-zero input gradient, a randomised
+    model (two forward passes ``spread`` apart, relative, above :data:`RANDOMISED_RTOL`)."""
     messages = []
     if probabilities:
         messages.append(
@@ -75,11 +124,52 @@ def sanity_warnings(
             "data: gradient-based attacks cannot move them (gradient masking, saturated outputs, or an "
             "output that does not depend on the input)"
         )
+    if spread > RANDOMISED_RTOL:
+        messages.append(
+            f"model seems randomised: two identical forward passes of the first batch gave logits {spread:.3g} "
+            f"apart (relative; a deterministic model: at most {RANDOMISED_RTOL:g}); an attack and its evaluation "
+            "each see other draws, so the reported robustness may be overstated: remove the randomness at test "
+            "time or evaluate with an attack that averages over it (EOT, AutoAttack's version='rand')"
+        )
+    return messages
+
+
+def class_warnings(runs: list[AttackRun], classes: int) -> list[str]:
+    """One message per attack asking for more target classes (its ``n_target_classes``: APGD-T, FAB-T) than the
+    ``classes − 1`` others a model with ``classes`` classes has."""
+    messages = []
+    for name in dict.fromkeys(run.name for run in runs):
+        wanted = getattr(next(run for run in runs if run.name == name).attack, "n_target_classes", None)
+        if isinstance(wanted, int) and wanted > classes - 1:
+            messages.append(
+                f"{name!r} asks for {wanted} target classes but the model has only {classes} classes: it targets "
+                f"all {classes - 1} others"
+            )
+    return messages
+
+
+def attack_warnings(clean_accuracy: float, results: list[AttackResult]) -> list[str]:
+    """Robust accuracy rising with ε, accuracy left at the largest ε (per grid attack), gradient masking (per
+    (ε, norm) group)."""
+    messages = []
     for name in dict.fromkeys(r.attack for r in results if r.kind == GRID):
         curve = sorted((r for r in results if r.attack == name and r.kind == GRID), key=lambda r: r.eps)
         messages += _monotonicity(name, curve)
         messages += _large_eps(name, curve[-1], clean_accuracy)
-    return messages + norm_notes(results)
+    for eps, group in budget_groups(results):
+        messages += _masking(eps, group)
+    return messages
+
+
+def upper_bound_notes(results: list[AttackResult]) -> list[str]:
+    """One note when every attack follows a loss gradient: the robust accuracy is an upper bound."""
+    if not results or any(r.family != GRADIENT for r in results):
+        return []
+    return [
+        f"every attack here follows a loss gradient ({', '.join(dict.fromkeys(r.attack for r in results))}): the "
+        "robust accuracy is an upper bound on the true one, which gradient masking can hide from such attacks; "
+        "add gradient-free attacks: robustlr evaluate --suite autoattack (evaluate(..., suite='autoattack'))"
+    ]
 
 
 def norm_notes(results: list[AttackResult]) -> list[str]:
@@ -127,4 +217,25 @@ def _large_eps(name: str, last: AttackResult, clean_accuracy: float) -> list[str
         f"(clean accuracy {clean_accuracy:.4g}); if the model was not trained to be robust, an attack at a "
         f"large budget should bring it to at most {BROKEN_ROBUST:.0%}: this may indicate gradient masking or "
         "an ε grid that is too small (for an adversarially trained model it can be expected)"
+    ]
+
+
+def _masking(eps: float, group: list[AttackResult]) -> list[str]:
+    """A message if the boundary / score attacks of one (ε, norm) group break at least one point and at least
+    :data:`MASKING_SHARE` of the points its gradient attacks left robust."""
+    gradient = [r for r in group if r.family == GRADIENT]
+    others = [r for r in group if r.family in (BOUNDARY, SCORE)]
+    if not gradient or not others:
+        return []
+    left = torch.stack([r.robust for r in gradient]).all(dim=0)
+    broken = left & ~torch.stack([r.robust for r in others]).all(dim=0)
+    count, kept = int(broken.sum()), int(left.sum())
+    if count < 1 or count < MASKING_SHARE * kept:
+        return []
+    breakers = [r.attack for r in others if bool((left & ~r.robust).any())]
+    worst = min(r.robust_accuracy for r in gradient)
+    return [
+        f"gradient masking likely at ε={eps:g} ({group[0].norm}): {', '.join(breakers)} broke {count} of the {kept} "
+        f"points that the gradient attacks ({', '.join(r.attack for r in gradient)}) left robust; report the "
+        f"suite's number (the worst case), not PGD's ({worst:.4g})"
     ]
