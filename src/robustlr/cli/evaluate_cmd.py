@@ -11,10 +11,11 @@ import torch
 
 from ..evaluate import at_eps, evaluate
 from ..files import file_stem
-from ..report import SUMMARY_COLUMNS, atomic_write_bytes, format_table, write_report
+from ..report import STAGE_COLUMNS, STANDARD_COLUMNS, SUMMARY_COLUMNS, atomic_write_bytes, format_table, write_report
 from ..train import AMP_MODES
 from ..train.precision import AMP_DTYPES
-from .options import options_record, add_attack_options, add_data_options, add_model_options, add_run_options
+from .options import (add_attack_options, add_data_options, add_model_options, add_run_options, add_suite_options,
+                      options_record)
 from .outputs import check_out
 from .plan import plan_attacks
 from .setup import check_counts, check_model_fits, device_of, load_data, load_model
@@ -26,7 +27,8 @@ DEFAULT_ATTACKS = ["fgsm", "pgd-linf", "pgd-l2", "lora-pgd"]
 
 class _Recorder:
     """Wraps an attack and keeps every adversarial batch it returns (for ``robustlr attack``); every other
-    attribute (``eps``, ``norm``, ``rank``, ``repr``) is the attack's, so evaluate checks and reports the
+    attribute (``eps``, ``norm``, ``rank``, ``n_target_classes``, ``repr``) is the attack's, and so is its class
+    for ``isinstance`` (its family, :mod:`robustlr.evaluation.families`), so evaluate checks and reports the
     recorded attack exactly as the bare one."""
 
     def __init__(self, attack):
@@ -34,6 +36,10 @@ class _Recorder:
 
     def __getattr__(self, name: str):
         return getattr(self.attack, name)
+
+    @property  # type: ignore[misc]
+    def __class__(self):
+        return type(self.attack)
 
     def __repr__(self) -> str:
         return repr(self.attack)
@@ -65,14 +71,19 @@ def run(args: argparse.Namespace, save_adversarial: bool) -> int:
         if save_adversarial:
             plan.attacks = {name: _wrap(spec, name, recorders) for name, spec in plan.attacks.items()}
         with amp_context(args.amp, device):
-            result = evaluate(model, data, plan.attacks, plan.eps, batch_size=args.batch_size, device=device,
-                              progress=not args.no_progress)
+            result = evaluate(model, data, plan.attacks, plan.eps, cascade=plan.cascade, batch_size=args.batch_size,
+                              device=device, progress=not args.no_progress)
         target = out / plan.norm if len(plans) > 1 else out
         precision = "" if args.amp is None else f", {args.amp} autocast"
         write_report(result, target, title=f"robustlr {args.command}: {args.data} ({plan.norm}{precision})",
                      extra={"options": options_record(args), "norm": plan.norm})
         print(f"\n{plan.norm}: clean accuracy {result.clean_accuracy:.4f} on n = {result.n}")
         print(format_table(result.rows(), SUMMARY_COLUMNS))
+        if plan.cascade:
+            print(format_table(result.stage_rows(), STAGE_COLUMNS))
+            print(format_table(result.standard_rows(), STANDARD_COLUMNS))
+        for note in result.notes:
+            print(f"note: {note}")
     for key, rec in recorders.items():
         atomic_write_bytes(out / "adversarial" / f"{key}.pt", _tensor_bytes(torch.cat(rec.batches)))
     output.finish()
@@ -112,6 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_model_options(p)
         add_data_options(p)
         add_attack_options(p, DEFAULT_ATTACKS)
+        if not save:  # a cascade attacks only the points still robust: `attack` saves every point's example
+            add_suite_options(p)
         g = p.add_argument_group("precision")
         g.add_argument("--amp", metavar="DTYPE", choices=list(AMP_MODES),
                        help=f"a speed option: run the model's forward and backward passes (clean and attacked) "

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from ..attacks import ATTACK_NAMES
-from ..attacks.projections import check_rank_spec
+from ..attacks.projections import NORMS, check_rank_spec
 from ..checks import check_device, check_int, check_number, is_real
+from ..evaluation.suites import SUITES
 from ..train import TrainingInterrupted
 
-__all__ = ["add_model_options", "add_data_options", "add_attack_options", "add_run_options", "apply_config",
+__all__ = ["add_model_options", "add_data_options", "add_attack_options", "add_suite_options", "add_run_options",
+           "apply_config",
            "checked", "device_name", "integer", "number", "parse_floats", "parse_ranks", "rank_value",
            "unit_interval", "default_out", "options_record", "interruption", "CliError", "UsageError", "Parser",
            "DEFAULT_CONTINUE_HINT"]
@@ -234,10 +236,28 @@ def add_attack_options(p: argparse.ArgumentParser, attacks: list[str]) -> None:
                    help="budgets for the L2 attacks (overrides --eps for them)")
     g.add_argument("--rank", type=parse_ranks, nargs="+", action=_Collect, default=None,
                    help="ranks of the low-rank attacks: ints or fractions of min(H, W) (default: 0.1 0.3 0.5)")
-    g.add_argument("--steps", type=integer(1), default=10, help="attack steps (default: %(default)s)")
+    g.add_argument("--steps", type=integer(1), default=argparse.SUPPRESS,  # absent: each attack's own default
+                   help="attack steps (default: 10 for PGD and LoRa-PGD, AutoAttack's 100 for APGD, APGD-T and FAB-T; "
+                        "FGSM and Square take none)")
     g.add_argument("--restarts", type=integer(1), default=1,
-                   help="attack restarts, best per sample (default: %(default)s)")
+                   help="attack restarts, best per sample; APGD-T and FAB-T: per target class (default: %(default)s)")
+    g.add_argument("--queries", type=integer(1), default=None,
+                   help="queries of the Square attack (default: AutoAttack's 5000)")
     p.set_defaults(default_attacks=attacks)
+
+
+def add_suite_options(p: argparse.ArgumentParser) -> None:
+    """``--suite --norm --cascade`` (:mod:`robustlr.cli.plan` says how they combine with ``--attack``)."""
+    g = p.add_argument_group("suites")
+    g.add_argument("--suite", choices=list(SUITES), default=None,
+                   help="autoattack: APGD-CE, APGD-T, FAB-T, Square (AutoAttack's standard version); fast: PGD, "
+                        "LoRa-PGD, APGD-CE; at every budget of the norm, as a cascade; --attack attacks run after it "
+                        "(default: none, the --attack attacks alone)")
+    g.add_argument("--norm", action=_Collect, choices=list(NORMS), default=None,
+                   help="threat model(s) of --suite, repeatable (default: linf)")
+    g.add_argument("--cascade", action="store_true",
+                   help="a speed option: the attacks of each (ε, norm) run in order, each only on the points still "
+                        "robust; the worst case is the same (a suite always runs as a cascade)")
 
 
 def add_run_options(p: argparse.ArgumentParser, command: str, out_default: str | None = None) -> None:

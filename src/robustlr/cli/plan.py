@@ -3,6 +3,12 @@
 Every value is checked here under the option that gave it, before any attack runs: the budgets of a norm
 come from ``--eps-<norm>``, else ``--eps``, else the command's defaults, and must be finite in the images'
 dtype; the ranks of ``--rank`` must fit the images (an int at most min(H, W)).
+
+``--suite NAME`` (``robustlr evaluate`` / ``attack``) puts the suite's attacks first in the plan of every norm of
+``--norm`` (default: ``linf``, AutoAttack's and RobustBench's first threat model), with ``--steps``,
+``--restarts``, ``--queries``, ``--rank`` and ``--seed``; the attacks of ``--attack`` follow in the plan of their
+own norm (without ``--attack`` a suite runs alone).  A plan with a suite, or every plan with ``--cascade``, is
+evaluated as a cascade.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from ..attacks.precision import check_budget
 from ..attacks.projections import resolve_rank
 from ..data import ImageDataset
 from ..evaluate import AttackSpec, at_eps
+from ..evaluation.suites import FAST_RANK, suite_attacks, suite_names
+from .options import CliError
 from .setup import cli_names
 
 __all__ = ["Plan", "plan_attacks", "budgets", "check_budgets", "DEFAULT_EPS", "DEFAULT_RANKS"]
@@ -27,7 +35,8 @@ DEFAULT_EPS = {"linf": [0.0, 0.02, 0.05, 0.1, 0.2], "l2": [0.0, 0.5, 1.0, 2.0, 3
 """ε grids used when neither ``--eps`` nor ``--eps-<norm>`` is given (pixel units, images in [0, 1])."""
 DEFAULT_RANKS: list[int | float] = [0.1, 0.3, 0.5]
 
-_ATTACK_OPTIONS = {"rank": "--rank", "eps": "--eps", "steps": "--steps", "restarts": "--restarts", "seed": "--seed"}
+_ATTACK_OPTIONS = {"rank": "--rank", "eps": "--eps", "steps": "--steps", "restarts": "--restarts", "seed": "--seed",
+                   "queries": "--queries"}
 """The library's names of the attack arguments and the options that give them."""
 
 
@@ -39,6 +48,7 @@ class Plan:
     eps: list[float]
     attacks: dict[str, AttackSpec]
     eps_option: str = "--eps"
+    cascade: bool = False
 
 
 def _label(name: str, rank: int | float | None) -> str:
@@ -67,32 +77,57 @@ def check_budgets(option: str, values: Sequence[float], dtype: torch.dtype, norm
 
 def plan_attacks(args: argparse.Namespace, model: nn.Module, data: ImageDataset,
                  defaults: Mapping[str, Sequence[float]] = DEFAULT_EPS) -> list[Plan]:
-    """Group the requested attacks by norm; ranked attacks get one entry per ``--rank``.
+    """Group the requested attacks by norm, a suite's first; ranked attacks get one entry per ``--rank``.
 
     Raises:
         CliError: naming the option: a budget not finite in the images' dtype (``--eps``/``--eps-<norm>``),
-            a rank that does not fit the images (``--rank``), or any argument the attack refuses.
+            a rank that does not fit the images (``--rank``), ``--norm`` without ``--suite``, an ``--attack`` that
+            is already in the suite, or any argument the attack refuses.
     """
-    names = list(dict.fromkeys(args.attack or args.default_attacks))
-    ranks = args.rank or DEFAULT_RANKS
-    if any(name in RANKED_ATTACKS for name in names):
-        side = min(data.image_shape[1:])
-        for rank in ranks:
-            with cli_names(_ATTACK_OPTIONS):
-                resolve_rank(rank, side, name="--rank")
+    suite, norms = getattr(args, "suite", None), getattr(args, "norm", None)
+    steps = getattr(args, "steps", None)  # absent: each attack's default (--steps is not set by default)
+    if norms and suite is None:
+        raise CliError(f"--norm is the threat model of --suite: give --suite with it, or drop it (each --attack "
+                       f"has its own norm); got --norm {' '.join(norms)} without --suite")
+    names = list(dict.fromkeys(args.attack or ([] if suite else args.default_attacks)))
+    suite_norms = list(dict.fromkeys(norms or ["linf"])) if suite else []
+    ranks, suite_ranks = args.rank or DEFAULT_RANKS, args.rank or [FAST_RANK]
+    used = [ranks] if any(name in RANKED_ATTACKS for name in names) else []
+    if any(name in RANKED_ATTACKS for norm in suite_norms for name in suite_names(suite, norm)):
+        used.append(suite_ranks)
+    side = min(data.image_shape[1:])
+    for rank in dict.fromkeys(rank for group in used for rank in group):
+        with cli_names(_ATTACK_OPTIONS):
+            resolve_rank(rank, side, name="--rank")
     plans: dict[str, Plan] = {}
-    for name in names:
-        norm = attack_norm(name)
+
+    def plan_of(norm: str) -> Plan:
         if norm not in plans:
             option, eps = budgets(args, norm, defaults)
             with cli_names({}):
                 check_budgets(option, eps, data.images.dtype, norm)
-            plans[norm] = Plan(norm, sorted(set(eps)), {}, option)
+            plans[norm] = Plan(norm, sorted(set(eps)), {}, option, cascade=bool(getattr(args, "cascade", False)))
+        return plans[norm]
+
+    for norm in suite_norms:
+        plan = plan_of(norm)
+        with cli_names(_ATTACK_OPTIONS, f"--suite {suite}"):
+            plan.attacks.update(suite_attacks(suite, model, norm, ranks=suite_ranks, steps=steps,
+                                              restarts=args.restarts, queries=args.queries, seed=args.seed))
+        plan.cascade = True
+    for name in names:
+        plan = plan_of(attack_norm(name))
         for rank in (ranks if name in RANKED_ATTACKS else [None]):
+            label = _label(name, rank)
+            if label in plan.attacks:
+                raise CliError(f"--attack {name}: {label!r} is already in --suite {suite} ({', '.join(plan.attacks)}); "
+                               "drop it")
+
             def factory(e: float, name: str = name, rank: int | float | None = rank):
-                return build_attack(name, model, e, rank=rank, steps=args.steps, restarts=args.restarts, seed=args.seed)
+                return build_attack(name, model, e, rank=rank, steps=steps, restarts=args.restarts, seed=args.seed,
+                                    queries=args.queries if name.startswith("square") else None)
 
             with cli_names(_ATTACK_OPTIONS):
-                factory(max(plans[norm].eps) or 1.0)  # validates the arguments now, before any work
-            plans[norm].attacks[_label(name, rank)] = at_eps(factory)
+                factory(max(plan.eps) or 1.0)  # validates the arguments now, before any work
+            plan.attacks[label] = at_eps(factory)
     return list(plans.values())
