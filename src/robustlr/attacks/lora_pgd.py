@@ -107,7 +107,7 @@ class LoRaPGD(Attack):
 
         ``D / ‖D‖`` is formed before the product with ``ε``, so a large representable ε cannot overflow.
         """
-        return self._direction(u, v) * self.eps
+        return self._direction(u, v).mul_(self.eps)  # in place on the fresh quotient (autograd keeps D and the norm)
 
     def _direction(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``D / ‖D‖`` of ``D = U·V``: the perturbation on the unit sphere of the attack's norm."""

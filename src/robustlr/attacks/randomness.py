@@ -41,8 +41,9 @@ read as two's-complement integers (an arithmetic shift, i.e. floor division by 2
   ``f·2⁻²⁴ + ½ ∈ [0, 1)`` and ``"uniform"`` is ``f·2⁻²³ ∈ [−1, 1)``, both exact in float32 (a 24-bit
   mantissa).
 * Gaussians: Box–Muller with both outputs of a pair, ``ρ_k = √(−2 ln(½ − b_k·2⁻²⁴))`` (the argument is
-  ``1 − u`` for the unit ``u`` of ``b_k``, in ``(0, 1]``, so ``ρ_k ≤ √(48 ln 2) ≈ 5.77``) and ``θ_k = 2π·a_k·2⁻²⁴ ∈ [−π, π)``; entry ``k`` is
-  ``ρ_k cos θ_k`` and entry ``h + k`` is ``ρ_k sin θ_k`` (an odd ``m`` drops the last sine).
+  ``1 − u`` for the unit ``u`` of ``b_k``, in ``(0, 1]``, so ``ρ_k ≤ √(48 ln 2) ≈ 5.77``) and
+  ``θ_k = 2π·a_k·2⁻²⁴ ∈ [−π, π)``; entry ``k`` is ``ρ_k cos θ_k`` and entry ``h + k`` is ``ρ_k sin θ_k``
+  (an odd ``m`` drops the last sine).
 
 The noise is float32 (the attacks' working dtype; wider working dtypes get it upcast) and in the memory
 format asked for.  The halves of a word are read through an int32 view of the int64 words, whose order in
