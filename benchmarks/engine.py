@@ -9,7 +9,10 @@ start, steps, projections, the budget fit.  Rows, side by side in one run (inter
 
 Shapes: ``cifar`` 512×3×32×32 and ``imagenet`` 64×3×224×224 (smaller batches with ``--quick``).
 
-Run:  python benchmarks/engine.py [--device cuda] [--quick] [--repeats 5]
+Run:  python benchmarks/engine.py [--device cuda] [--quick] [--repeats 5] [--profile]
+
+``--profile`` prints, instead of the rows, torch.profiler's table of the operators of ``--repeats`` calls of each
+attack (PGD-L∞, PGD-L2, LoRa-PGD) on each shape: where the engine's time goes.
 """
 
 from __future__ import annotations
@@ -83,15 +86,42 @@ def lora_vs_pgd(device: torch.device, quick: bool = False, repeats: int = 5) -> 
     return rows
 
 
+def profile_tables(device: torch.device, quick: bool = False, calls: int = 5, rows: int = 15) -> str:
+    """torch.profiler's operator table (self time, top ``rows``) of ``calls`` calls of PGD-L∞, PGD-L2 and
+    LoRa-PGD (the settings of the rows above) on each shape, after a warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    model = PooledLinear().to(device).eval()
+    tables = []
+    for shape in SHAPES:
+        x, y = _batch(shape, device, quick)
+        for name, attack in (("PGD-L∞", PGD(model, 8 / 255, "linf", steps=10, alpha=2 / 255, seed=0)),
+                             ("PGD-L2", PGD(model, 0.5, "l2", steps=10, alpha=0.09, seed=0)),
+                             ("LoRa-PGD", LoRaPGD(model, 0.5, rank=0.1, norm="l2", steps=10, seed=0))):
+            attack(x, y)
+            with profile(activities=activities) as prof:
+                for _ in range(calls):
+                    attack(x, y)
+            table = prof.key_averages().table(sort_by=sort, row_limit=rows)
+            tables.append(f"{name} {shape} {tuple(x.shape)}, {calls} calls\n{table}")
+    return "\n".join(tables)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small batches: a smoke run")
+    parser.add_argument("--profile", action="store_true", help="operator tables instead of the rows")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.profile:
+        print(profile_tables(device, args.quick, args.repeats))
+        return 0
     rows = {"device": device_name(device), **pgd_vs_torchattacks(device, args.quick, args.repeats),
             **lora_vs_pgd(device, args.quick, args.repeats)}
     json.dump(rows, sys.stdout, indent=2)
