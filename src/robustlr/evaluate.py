@@ -33,7 +33,14 @@ from tqdm.auto import tqdm
 from .checks import check_device, check_int
 from .evaluation.cascade import cascade_stages, iterations
 from .evaluation.data import Data, iter_batches, num_batches
-from .evaluation.guards import ADVERSARIAL_STATS, CLEAN_STATS, check_logits_shape, check_model_finite, clean_stats, raise_clean
+from .evaluation.guards import (
+    ADVERSARIAL_STATS,
+    CLEAN_STATS,
+    check_logits_shape,
+    check_model_finite,
+    clean_stats,
+    raise_clean,
+)
 from .evaluation.result import (
     AttackResult,
     EvaluationResult,
