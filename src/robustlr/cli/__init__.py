@@ -15,13 +15,13 @@ import warnings
 from typing import TextIO
 
 from .. import __version__
-from . import demo_cmd, evaluate_cmd, export_cmd, reproduce_cmd, results_cmd, spectrum_cmd, train_cmd
+from . import compress_cmd, demo_cmd, evaluate_cmd, export_cmd, reproduce_cmd, results_cmd, spectrum_cmd, train_cmd
 from ..train import TrainingInterrupted
 from .options import Parser, apply_config, interruption
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = (demo_cmd, evaluate_cmd, spectrum_cmd, train_cmd, reproduce_cmd, results_cmd, export_cmd)
+_COMMANDS = (demo_cmd, evaluate_cmd, spectrum_cmd, train_cmd, reproduce_cmd, results_cmd, export_cmd, compress_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
