@@ -163,6 +163,26 @@ def test_sharded_evaluation_joins_to_the_whole(fmnist_model, fmnist):
     assert merged.warnings == whole.warnings
 
 
+@pytest.mark.filterwarnings("ignore::robustlr.evaluate.RobustnessWarning")
+def test_sharded_cascade_joins_to_the_whole(fmnist_model, fmnist):
+    """A cascade evaluated per shard and joined equals the cascade of the whole: the masks, the counts of attacked
+    points per stage, the stage numbers, the notes, and the norm means weighted by the points each stage attacked."""
+    _, test = fmnist
+    data = test.subset(range(40))
+    attacks = {"fgsm": at_eps(lambda eps: build_attack("fgsm", fmnist_model, eps)),
+               "pgd-linf": at_eps(lambda eps: build_attack("pgd-linf", fmnist_model, eps, steps=3, seed=0))}
+    run = dict(eps_grid=[0.05, 0.1], batch_size=16, progress=False, cascade=True)
+    whole = evaluate(fmnist_model, data, attacks, **run)
+    merged = merge_evaluations([evaluate(fmnist_model, data.subset(block), attacks, **run)
+                                for block in (range(0, 13), range(13, 40))])
+    assert merged.cascade and merged.notes == whole.notes and merged.notes
+    assert merged.stage_rows() and [(r["stage"], r["attacked"]) for r in merged.stage_rows()] == \
+        [(r["stage"], r["attacked"]) for r in whole.stage_rows()]
+    for mine, theirs in zip(merged.attacks, whole.attacks, strict=True):
+        assert torch.equal(mine.robust, theirs.robust) and mine.family == theirs.family
+        assert mine.mean_l2 == pytest.approx(theirs.mean_l2, rel=1e-5, nan_ok=True)
+
+
 KILL_SETTINGS = {"method": "dense", "train_subset": 2000, "epochs": 3, "milestones": (2,), "gamma": 0.5,
                  "eval_n": 32, "eval_eps": (0.0, 0.1), "eval_steps": 2}
 

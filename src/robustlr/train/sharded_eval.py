@@ -3,13 +3,14 @@
 Every attack seeds each sample from (seed, restart, the sample's bytes), so a sample's adversarial example does
 not depend on the batch or shard it is in: the per-sample masks of the shards, concatenated in order, are the
 masks a single process computes. Counts follow from the masks; the mean perturbation norms are averaged with
-the shard sizes as weights; ``seconds`` is the slowest shard's (the processes run in parallel). The sanity
+the shard sizes as weights (in a cascade, the numbers of points each shard's stage attacked); ``seconds`` is the slowest shard's (the processes run in parallel). The sanity
 checks that depend on the accuracies (monotonicity in ε, large-ε accuracy) are recomputed on the whole; the
 per-sample ones (zero input gradients, probability outputs) are kept from the shard that raised them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,17 +28,25 @@ __all__ = ["merge_evaluations"]
 
 
 def _merge_attack(parts: Sequence[AttackResult], sizes: Sequence[int]) -> AttackResult:
-    first, n = parts[0], sum(sizes)
+    """One attack run over all shards.  The mean norms are weighted by each shard's number of attacked points (its
+    size, or in a cascade its ``attacked`` count); shards that attacked nothing (NaN means) carry no weight."""
+    first = parts[0]
     robust = torch.cat([part.robust for part in parts])
+    attacked = None if first.attacked is None else sum(part.attacked or 0 for part in parts)
+    weights = sizes if first.attacked is None else [part.attacked or 0 for part in parts]
 
     def mean(attribute: str) -> float:
-        return sum(getattr(part, attribute) * size for part, size in zip(parts, sizes)) / n
+        pairs = [(getattr(part, attribute), w) for part, w in zip(parts, weights)]
+        pairs = [(value, w) for value, w in pairs if w and not math.isnan(value)]
+        total = sum(w for _, w in pairs)
+        return sum(value * w for value, w in pairs) / total if total else math.nan
 
     return AttackResult(
         attack=first.attack, eps=first.eps, norm=first.norm, kind=first.kind, attack_repr=first.attack_repr,
         robust_accuracy=fraction(robust), mean_l2=mean("mean_l2"), mean_linf=mean("mean_linf"),
         mean_nuclear=mean("mean_nuclear"), seconds=max(part.seconds for part in parts),
         correct=torch.cat([part.correct for part in parts]), robust=robust,
+        attacked=attacked, stage=first.stage, family=first.family,
     )
 
 
@@ -70,6 +79,7 @@ def merge_evaluations(parts: Sequence[EvaluationResult]) -> EvaluationResult:
         n=clean.numel(), clean_accuracy=fraction(clean), device=parts[0].device,
         seconds=max(part.seconds for part in parts), attacks=attacks, worst_case=worst_cases_per_eps(attacks),
         worst_case_fixed=fixed_worst_case(attacks), warnings=[], clean_correct=clean,
+        notes=list(parts[0].notes), cascade=parts[0].cascade,
     )
     local = [f"shard {index} ({part.n} samples): {message}" for index, part in enumerate(parts)
              for message in _per_sample_checks(part)]
