@@ -29,7 +29,7 @@ fooled the model; else the factors of highest loss — each of rank ``≤ r``.  
 
 Cost: ``steps + 1`` forward and backward passes (the start and every step; LoRa-PGD of ``k`` steps makes
 ``k``, APGD of ``k`` steps ``k + 1`` and one forward pass), each with LoRa-PGD's factor gradients
-(:meth:`LoRaPGD._l2_factor_grads`, the L∞ path by autograd).  State: a few copies of the factors
+(``LoRaPGD._l2_factor_grads``, the L∞ path by autograd).  State: a few copies of the factors
 (iterate, previous iterate, gradients, best, last fooling), ``N·C·r·(H+W)`` entries each.
 """
 
@@ -108,23 +108,55 @@ class LoRaAPGD(LoRaPGD):
         self._seen = (logits, objective)
         return objective, grads
 
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, u: torch.Tensor, v: torch.Tensor,
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, ut: torch.Tensor, v: torch.Tensor,
                   p: torch.Tensor, x_adv: torch.Tensor):
-        """Logits, objective and factor gradients ``(G_U, G_V)`` at the factors ``(U, V)``: one forward and
-        backward pass of the model (``p``, ``x_adv``: LoRa-PGD's two image-sized buffers)."""
+        """Logits, objective and factor gradients ``(G_Uᵀ, G_V)`` at the factors ``(Uᵀ, V)`` (LoRa-PGD's steps
+        keep ``Uᵀ``): one forward and backward pass of the model (``p``, ``x_adv``: LoRa-PGD's two image-sized
+        buffers)."""
         grads = self._l2_factor_grads if self.norm == "l2" else self._autograd_factor_grads
-        g_u, g_v = grads(x, y, targeted, u, v, p, x_adv)
+        g_ut, g_v = grads(x, y, targeted, ut, v, p, x_adv)
         logits, objective = self._seen  # type: ignore[misc]
         self._seen = None
-        return logits, objective, g_u, g_v
+        return logits, objective, g_ut, g_v
 
     def _optimize(
         self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int, steps: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The selected factors of one restart (module docstring); ``steps = 0``: the init."""
+        """The selected factors ``(U, V)`` of one restart (module docstring); ``steps = 0``: the init.  The
+        iterates are kept as ``(Uᵀ, V)``, the layout of LoRa-PGD's factor gradients; ``‖Uᵀ‖_F = ‖U‖_F``, so the
+        steps are the same."""
         u, v = self._lora_init(x, self.resolved_rank(tuple(x.shape)), restart)
         if steps == 0:
             return u, v
+        ut = u.mT.contiguous()
+        p = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        x_adv = torch.empty_like(x)
+        logits, loss, g_ut, g_v = self._evaluate(x, y, targeted, ut, v, p, x_adv)  # at δ̂ = 0: the clean images
+        clean_fooled = self._fooled(logits, y, targeted)
+        fooled = clean_fooled.clone()
+        fooling_ut, fooling_v = ut.clone(), v.clone()
+        schedule = APGDSchedule(steps, STEP_SIZE, loss, (ut, v, g_ut, g_v), self.rho)
+        previous_ut, previous_v = ut, v
+        for step in range(1, steps + 1):
+            alpha = 1.0 if step == 1 else MOMENTUM
+            eta = schedule.step_size(ut) * alpha
+            new_ut = torch.addcmul(ut, normalize_per_sample(g_ut, "l2"), eta)
+            new_v = torch.addcmul(v, normalize_per_sample(g_v, "l2"), eta)
+            if step > 1:
+                new_ut.add_(ut - previous_ut, alpha=1.0 - alpha)
+                new_v.add_(v - previous_v, alpha=1.0 - alpha)
+            previous_ut, previous_v, ut, v = ut, v, new_ut, new_v
+            logits, loss, g_ut, g_v = self._evaluate(x, y, targeted, ut, v, p, x_adv)
+            now = self._fooled(logits, y, targeted).view(-1, 1, 1, 1)
+            torch.where(now, ut, fooling_ut, out=fooling_ut)
+            torch.where(now, v, fooling_v, out=fooling_v)
+            fooled |= now.view(-1)
+            ut, v, g_ut, g_v = schedule.update(step, loss, (ut, v, g_ut, g_v))
+        fooled, clean_fooled = fooled.view(-1, 1, 1, 1), clean_fooled.view(-1, 1, 1, 1)
+        best_ut, best_v = schedule.best[:2]
+        ut = torch.where(clean_fooled, 0.0, torch.where(fooled, fooling_ut, best_ut))
+        v = torch.where(clean_fooled, 0.0, torch.where(fooled, fooling_v, best_v))
+        return ut.mT, v
         p = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         x_adv = torch.empty_like(x)
         logits, loss, g_u, g_v = self._evaluate(x, y, targeted, u, v, p, x_adv)  # at δ̂ = 0: the clean images
