@@ -82,26 +82,29 @@ def write_jpeg_folder(directory: Path, n: int = 2000, side: int = 256, classes: 
     return directory
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and of its children that have exited (the loader's workers, once shut down)."""
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU time of this process, and of its children that have exited (the loader's workers, once shut down)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def folder_throughput(root: Path, image_size: int, workers: int, batch_size: int = 64,
-                      augment: bool = False) -> tuple[float, float]:
+                      augment: bool = False) -> dict[str, float]:
     """One epoch of the training split through :func:`robustlr.data.make_loader` (worker start-up included):
-    images per second of wall time, and milliseconds of CPU time per image (all processes; on a shared machine
-    the wall time depends on the other load, the CPU time much less)."""
+    images per second of wall time, and milliseconds of CPU time per image in the main process and in the
+    workers (on a shared machine the wall time depends on the other load, the CPU times much less; with idle
+    cores the rate is bounded by ``1 / main`` and ``workers / worker``)."""
     from robustlr.data import load_dataset, make_loader
 
     data = load_dataset("folder", "train", root=root, image_size=image_size)
-    start, cpu = time.perf_counter(), _cpu_seconds()
+    start, (main_cpu, worker_cpu) = time.perf_counter(), _cpu_seconds()
     loader = make_loader(data, batch_size, shuffle=True, seed=0, augment=augment, workers=workers)
     count = sum(len(labels) for _, labels in loader)
     del loader  # shuts the workers down, so that their CPU time is counted
     gc.collect()
-    return count / (time.perf_counter() - start), (_cpu_seconds() - cpu) / count * 1e3
+    seconds, (main_end, worker_end) = time.perf_counter() - start, _cpu_seconds()
+    return {"images_per_second": count / seconds, "main_ms_per_image": (main_end - main_cpu) / count * 1e3,
+            "worker_ms_per_image": (worker_end - worker_cpu) / count * 1e3}
 
 
 def main() -> None:
@@ -120,10 +123,11 @@ def main() -> None:
     root = write_jpeg_folder(args.dir / f"jpeg-{args.n}-{args.side}", args.n, args.side)
     for augment in (False, True):
         for workers in args.workers:
-            rate, cpu = folder_throughput(root, args.image_size, workers, args.batch_size, augment)
+            got = folder_throughput(root, args.image_size, workers, args.batch_size, augment)
             view = "training view (random-resized crop, flip)" if augment else "evaluation view (resize, crop)"
             print(f"{args.n} JPEGs {args.side}x{args.side} -> {args.image_size}, {view}, workers={workers}: "
-                  f"{rate:.0f} images/s, {cpu:.2f} ms CPU per image")
+                  f"{got['images_per_second']:.0f} images/s; CPU per image: main process "
+                  f"{got['main_ms_per_image']:.2f} ms, workers {got['worker_ms_per_image']:.2f} ms")
 
 
 if __name__ == "__main__":
