@@ -213,7 +213,8 @@ def _fetch(data: ImageDataset, positions: list[int], augment: tuple[int, ...] | 
 
 
 def test_a_samples_augmentation_depends_on_the_seed_and_its_index_only(odd, square):
-    for data in (load_dataset("folder", "train", root=odd, image_size=16), load_dataset("folder", "train", root=square)):
+    for data in (load_dataset("folder", "train", root=odd, image_size=16),
+                 load_dataset("folder", "train", root=square)):
         together, alone = _fetch(data, [3, 5, 9], (11, 0)), _fetch(data, [5], (11, 0))
         assert torch.equal(together[1], alone[0])
         assert not torch.equal(_fetch(data, [5], (12, 0)), alone)
@@ -242,7 +243,8 @@ def test_two_shards_fetch_only_their_samples_and_join_to_the_single_process_batc
     shards = [list(TrainBatches(data, 10, True, lambda n, r=rank: block(n, r, 2)).epoch(1, seed=5)) for rank in (0, 1)]
     assert len(single) == len(shards[0]) == 5 and [len(b.y) for b in single] == [10, 10, 10, 10, 8]
     for whole, first, second in zip(single, *shards, strict=True):
-        assert torch.equal(torch.cat([first.x, second.x]), whole.x) and torch.equal(torch.cat([first.y, second.y]), whole.y)
+        assert torch.equal(torch.cat([first.x, second.x]), whole.x)
+        assert torch.equal(torch.cat([first.y, second.y]), whole.y)
         assert torch.equal(torch.cat([first.context.ids, second.context.ids]), whole.context.ids)
         assert first.context.positions.tolist() == list(range(len(first.y)))
         assert second.context.positions[0] == len(first.y) and second.context.global_size == len(whole.y)

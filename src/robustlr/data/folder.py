@@ -225,5 +225,6 @@ class FolderDataset(ImageDataset):
         positions = self._positions(indices)
         part = object.__new__(FolderDataset)
         part.__dict__.update({key: value for key, value in self.__dict__.items() if key not in ("mean", "std")})
-        part.files, part.labels, part.indices = self.files[positions.numpy()], self.labels[positions], self._source(positions)
+        part.files, part.labels = self.files[positions.numpy()], self.labels[positions]
+        part.indices = self._source(positions)
         return part

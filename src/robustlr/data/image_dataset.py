@@ -135,7 +135,8 @@ class ImageDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def _statistics(self) -> tuple[Tensor, Tensor]:
         """(mean, std) per channel: of uint8 pixels exactly, in float64, from each channel's histogram of values
-        ``h_c(v)``: ``μ_c = Σ_v h_c(v)·v/L / n``, ``σ_c² = Σ_v h_c(v)(v/L − μ_c)² / (n − 1)`` (no float copy)."""
+        ``h_c(v)``: ``μ_c = Σ_v h_c(v)·v/L / n``, ``σ_c² = Σ_v h_c(v)(v/L − μ_c)² / (n − 1)`` (no float copy of
+        the images)."""
         if self.levels is None:
             return self.pixels.mean(dim=(0, 2, 3)), self.pixels.std(dim=(0, 2, 3))
         values = torch.arange(256, dtype=torch.float64) / self.levels

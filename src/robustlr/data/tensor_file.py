@@ -111,7 +111,8 @@ def read_tensor_file(path: str | os.PathLike[str], split: str, name: str = "file
         raise ValueError(f"{ROOT_OPTION} must name a tensor file (.npz or .pt) for name='file'; got {path!r}")
     file = Path(path).expanduser()
     if file.suffix not in TENSOR_FILE_SUFFIXES or not file.is_file():
-        problem = "does not exist" if not file.exists() else "is not a file" if not file.is_file() else "has neither suffix"
+        problem = ("does not exist" if not file.exists() else "is not a file" if not file.is_file()
+                   else "has neither suffix")
         raise ValueError(f"{ROOT_OPTION} must be a .npz or .pt file of arrays; {file} {problem}")
     content = _read(file)
     keys = (f"{split}_images", f"{split}_labels")
