@@ -105,7 +105,7 @@ def plan_attacks(args: argparse.Namespace, model: nn.Module, data: ImageDataset,
         if norm not in plans:
             option, eps = budgets(args, norm, defaults)
             with cli_names({}):
-                check_budgets(option, eps, data.images.dtype, norm)
+                check_budgets(option, eps, data[:1][0].dtype, norm)
             plans[norm] = Plan(norm, sorted(set(eps)), {}, option, cascade=bool(getattr(args, "cascade", False)))
         return plans[norm]
 

@@ -104,7 +104,7 @@ def run_demo(settings: DemoSettings, out: Path, *, data_root: str | None = None,
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     provision("fashion-mnist", root=data_root, download=download, progress=progress)
     test = load_dataset("fashion-mnist", "test", root=data_root)
-    x, y = test.images[: settings.n_test].to(settings.device), test.labels[: settings.n_test].to(settings.device)
+    x, y = (t.to(settings.device) for t in test[: settings.n_test])
     models, failed = [], {}
     for i, name in enumerate(MODELS, 1):
         config = settings.train_config(name, out, data_root)

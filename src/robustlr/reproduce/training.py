@@ -159,4 +159,5 @@ def load_run(run: dict[str, Any], out: Path, checkpoint: str, n: int) -> tuple[n
     test = load_dataset(config.data, "test", root=config.data_root, download=config.download)
     if n > len(test):
         raise ValueError(f"n must be at most {len(test)} (the size of {config.data}'s test split), got {n}")
-    return model, test.images[:n].to(config.device), test.labels[:n].to(config.device)
+    images, labels = test[:n]
+    return model, images.to(config.device), labels.to(config.device)
