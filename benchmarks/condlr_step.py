@@ -50,12 +50,14 @@ def _floor_parts(model: torch.nn.Module, device: torch.device) -> dict[str, obje
             bases[tuple(v.shape)].append(v)
             cores[tuple(s.shape)].append(s)
     generator = torch.Generator().manual_seed(1)
+    rotations = {r: torch.linalg.qr(torch.randn(r, r, generator=generator))[0].to(device) for (r, _) in cores}
     work = []
-    for (n, r), members in bases.items():
+    for (_, r), members in bases.items():
         basis = torch.stack(members)
         gradient = torch.randn(basis.shape, generator=generator).to(device)
         work.append((basis, gradient, torch.eye(r, device=device).expand(len(members), r, r).contiguous()))
-    stacked_cores = [torch.stack(members) for members in cores.values()]
+    # the fresh cores are diagonal (truncated SVDs), which LAPACK decomposes faster than the dense cores of training
+    stacked_cores = [torch.stack(members) @ rotations[shape[0]] for shape, members in cores.items()]
 
     def products() -> None:
         for basis, gradient, inverse in work:

@@ -60,6 +60,13 @@ def _precondition(direction: Tensor, inverse_gram: Tensor) -> Tensor:
     return (direction.to(inverse_gram.dtype) @ inverse_gram).to(direction.dtype)
 
 
+def _checked_precondition(s: Tensor, d_u: Tensor, d_v: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``"exact"`` preconditioner of one layer, ``d_U (S Sᵀ)⁺`` and ``d_V (Sᵀ S)⁺``, from the checked SVD of
+    its core (:func:`~robustlr.lowrank.manifold.svd`)."""
+    m_u, m_v = _inverse_grams(svd(s.to(linalg_dtype(s.dtype))))
+    return _precondition(d_u, m_u), _precondition(d_v, m_v)
+
+
 def _descend(x: Tensor, direction: Tensor, lr: float | Tensor) -> Tensor:
     """``x − lr·D`` as a new tensor (a tensor ``lr`` is never read on the host)."""
     return x - lr * direction if isinstance(lr, Tensor) else torch.sub(x, direction, alpha=lr)
@@ -476,8 +483,7 @@ class CondLR(Optimizer):
         (u, s, v), d_u, d_v = p.factors, p.processed[0], p.processed[2]
         lr_u, lr_s, lr_v = (group["lr"] for group in p.groups)
         if p.hyper["grad_scale"] == "exact":
-            m_u, m_v = _inverse_grams(svd(s.to(linalg_dtype(s.dtype))))
-            d_u, d_v = _precondition(d_u, m_u), _precondition(d_v, m_v)
+            d_u, d_v = _checked_precondition(s, d_u, d_v)
         s1, sigma = condition_projection(_descend(s, p.directions[1], lr_s), p.hyper["tau"], p.hyper["s_projection"])
         return qr_retraction(_descend(u, d_u, lr_u)), s1, qr_retraction(_descend(v, d_v, lr_v)), sigma
 
@@ -489,8 +495,7 @@ class CondLR(Optimizer):
         u, s, v = layer.factors()
         d_u, d_s, d_v = directions
         if hyper["grad_scale"] == "exact":
-            m_u, m_v = _inverse_grams(svd(s.to(linalg_dtype(s.dtype))))
-            d_u, d_v = _precondition(d_u, m_u), _precondition(d_v, m_v)
+            d_u, d_v = _checked_precondition(s, d_u, d_v)
         lr_u, lr_s, lr_v = lrs
         u1, s1, v1 = augmented_update(u, s, v, lr_u * d_u, lr_s * d_s, lr_v * d_v, hyper["theta"], layer.max_rank)
         s1, sigma = condition_projection(s1, hyper["tau"], hyper["s_projection"])
