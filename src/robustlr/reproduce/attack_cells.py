@@ -1,4 +1,4 @@
-"""The attacks of ``kind = "attack-table"``, one *cell* per (attack, init, rank), all in L2.
+"""The attacks of ``kind = "attack-table"`` (and of ``"suite-table"``), one *cell* per (attack, init, rank), all in L2.
 
 =============  =================================================================================================
 attack         what it is (LoRa-PGD brief)
@@ -9,6 +9,9 @@ attack         what it is (LoRa-PGD brief)
                (§1.2–1.5)
 ``rank-pgd``   :class:`~robustlr.attacks.RankProjectedPGD`: the same PGD-L2 run (same seed, random start, steps)
                whose final perturbation is truncated to rank r per channel (the paper's ``PGDL2_proj_r``, §2.3)
+``lora-apgd``  :class:`~robustlr.attacks.lora_apgd.LoRaAPGD` at rank r per channel: LoRa-PGD's factors under APGD's
+               step-size schedule and momentum (``suite-table``)
+``apgd-ce``    APGD on the cross-entropy, L2, of the registry (``apgd-ce-l2``; ``suite-table``)
 =============  =================================================================================================
 
 Each cell is evaluated over the whole ε grid by :func:`robustlr.evaluate.evaluate` (robust accuracy, seconds
@@ -26,6 +29,7 @@ from torch import nn
 
 from ..attacks import LoRaPGD, RankProjectedPGD, build_attack
 from ..attacks.base import Attack
+from ..attacks.lora_apgd import LoRaAPGD
 from ..attacks.projections import resolve_rank
 from ..evaluate import at_eps, evaluate
 from ..files import file_stem
@@ -42,8 +46,8 @@ _PAYLOAD = ("side", "rank", "state_bytes", "n", "clean", "results")
 
 @dataclass(frozen=True)
 class Cell:
-    """One attack of the table: ``attack`` (``pgd-l2``, ``lora-pgd`` or ``rank-pgd``), LoRa-PGD's ``init`` and the
-    per-channel ``rank`` (an int, or a fraction of the image side) of the ranked attacks."""
+    """One attack of the table: ``attack`` (one of the module table), LoRa-PGD's ``init`` and the per-channel
+    ``rank`` (an int, or a fraction of the image side) of the ranked attacks."""
 
     attack: str
     init: str | None = None
@@ -61,6 +65,10 @@ class Cell:
             return build_attack("pgd-l2", model, eps, steps=steps, seed=seed)
         if self.attack == "lora-pgd":
             return LoRaPGD(model, eps, rank=self.rank, norm="l2", steps=steps, init=self.init, seed=seed)
+        if self.attack == "lora-apgd":
+            return LoRaAPGD(model, eps, rank=self.rank, norm="l2", steps=steps, seed=seed)
+        if self.attack == "apgd-ce":
+            return build_attack("apgd-ce-l2", model, eps, steps=steps, seed=seed)
         return RankProjectedPGD(model, eps, rank=self.rank, norm="l2", steps=steps, random_start=True, seed=seed)
 
 

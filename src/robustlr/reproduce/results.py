@@ -7,9 +7,13 @@ from pathlib import Path
 
 from ..files import atomic_write_text
 from ..report import markdown_table
+from .suite_table import suite_reading
 from .tables import complete_rows, read_table, table_columns
 
 __all__ = ["write_results"]
+
+_READINGS = {"suite-table": suite_reading}
+"""Kinds whose section gets a reading computed from its rows, rendered under the table."""
 
 _HEADER = """# Results
 
@@ -44,6 +48,8 @@ def _section(doc: dict, figures_dir: Path, docs_dir: Path, source: Path) -> str:
         f"- device: {doc['device']}; robustlr {doc['robustlr_version']}, torch {doc['torch_version']}",
         _runs_line(doc), "", markdown_table(rows, table_columns(rows)) if rows else "(no rows)", "",
     ]
+    if doc.get("kind") in _READINGS:
+        lines += [_READINGS[doc["kind"]](doc["rows"]), ""]
     for name in doc.get("figures", []):
         target = figures_dir / f"{doc['experiment']}-{name}"
         shutil.copyfile(source / name, target)
