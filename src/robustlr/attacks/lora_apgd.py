@@ -157,31 +157,3 @@ class LoRaAPGD(LoRaPGD):
         ut = torch.where(clean_fooled, 0.0, torch.where(fooled, fooling_ut, best_ut))
         v = torch.where(clean_fooled, 0.0, torch.where(fooled, fooling_v, best_v))
         return ut.mT, v
-        p = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        x_adv = torch.empty_like(x)
-        logits, loss, g_u, g_v = self._evaluate(x, y, targeted, u, v, p, x_adv)  # at δ̂ = 0: the clean images
-        clean_fooled = self._fooled(logits, y, targeted)
-        fooled = clean_fooled.clone()
-        fooling_u, fooling_v = u.clone(), v.clone()
-        schedule = APGDSchedule(steps, STEP_SIZE, loss, (u, v, g_u, g_v), self.rho)
-        previous_u, previous_v = u, v
-        for step in range(1, steps + 1):
-            alpha = 1.0 if step == 1 else MOMENTUM
-            eta = schedule.step_size(u) * alpha
-            new_u = torch.addcmul(u, normalize_per_sample(g_u, "l2"), eta)
-            new_v = torch.addcmul(v, normalize_per_sample(g_v, "l2"), eta)
-            if step > 1:
-                new_u.add_(u - previous_u, alpha=1.0 - alpha)
-                new_v.add_(v - previous_v, alpha=1.0 - alpha)
-            previous_u, previous_v, u, v = u, v, new_u, new_v
-            logits, loss, g_u, g_v = self._evaluate(x, y, targeted, u, v, p, x_adv)
-            now = self._fooled(logits, y, targeted)
-            torch.where(now.view(-1, 1, 1, 1), u, fooling_u, out=fooling_u)
-            torch.where(now.view(-1, 1, 1, 1), v, fooling_v, out=fooling_v)
-            fooled |= now
-            u, v, g_u, g_v = schedule.update(step, loss, (u, v, g_u, g_v))
-        fooled, clean_fooled = fooled.view(-1, 1, 1, 1), clean_fooled.view(-1, 1, 1, 1)
-        best_u, best_v = schedule.best[:2]
-        u = torch.where(clean_fooled, 0.0, torch.where(fooled, fooling_u, best_u))
-        v = torch.where(clean_fooled, 0.0, torch.where(fooled, fooling_v, best_v))
-        return u, v
