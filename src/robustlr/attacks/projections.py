@@ -167,8 +167,7 @@ def fit_budget(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str, dtyp
     target = radius * (1 - _L2_MARGIN)
     measured = per_sample_norm(x_adv.to(x.dtype) - x, "l2")
     shrink = torch.where(measured > target, target / measured, torch.ones_like(measured))
-    corrected = _round_toward(x, delta * _view(delta, shrink), dtype)
-    return torch.where(_view(x_adv, shrink < 1), corrected, x_adv)
+    return _round_toward(x, delta * _view(delta, shrink), dtype)  # shrink = 1 rounds δ again, to the same x_adv
 
 
 _L2_MARGIN = 2.0**-20
@@ -204,10 +203,14 @@ def _round_toward(x: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> t
     """
     v = x + delta
     back = v - x
-    err = (x - (v - back)).add_(delta - back)
-    if dtype == v.dtype:  # no cast: an entry is away iff its rounding error points away from x
-        away = (err.mul_(back) < 0).logical_and_(v >= 0).logical_and_(v <= 1)
-        return torch.where(away, torch.nextafter(v, x), v).clamp_(0.0, 1.0)
+    err = torch.sub(v, back)
+    torch.sub(x, err, out=err).add_(torch.sub(delta, back))  # TwoSum: v + err = x + δ exactly
+    if dtype == v.dtype:
+        # no cast: an entry is away iff its rounding error points away from x (1.0 where away, else 0.0); the step
+        # of one ulp toward x is exact (neighbouring floats); entries outside [0, 1] are clipped afterwards anyway
+        away = torch.lt(err.mul_(back), 0, out=err)
+        step = torch.nextafter(v, x, out=back).sub_(v)
+        return v.addcmul_(step, away).clamp_(0.0, 1.0)
     target = clip_unit(v)
     err = torch.where(target == v, err, torch.zeros_like(err))  # a clipped entry is exactly 0 or 1
     out = target.to(dtype)
