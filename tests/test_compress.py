@@ -278,6 +278,30 @@ def test_an_interrupted_compression_resumes_to_the_uninterrupted_result(dense, u
     assert _without_timing(first) == _without_timing(second)
 
 
+def test_a_signal_during_an_evaluation_stops_at_once_and_resuming_redoes_it(dense, uninterrupted, tmp_path,
+                                                                          monkeypatch, capsys):
+    import robustlr.compress.pipeline as pipeline
+
+    real = pipeline.evaluate_model
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("not reached: the signal raises at once")
+
+    monkeypatch.setattr(pipeline, "evaluate_model", interrupted)
+    out = tmp_path / "stopped"
+    assert _compress(dense, out) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("robustlr: interrupted (compress stopped by SIGINT while evaluating the dense model")
+    assert err.endswith("to continue: run the same command with --resume")
+    assert not (out / "dense-eval.json").exists()
+    monkeypatch.setattr(pipeline, "evaluate_model", real)
+    assert _compress(dense, out, "--resume") == 0
+    assert "reused from" not in capsys.readouterr().out
+    first, second = (json.loads((path / "compression.json").read_text()) for path in (out, uninterrupted))
+    assert _without_timing(first) == _without_timing(second)
+
+
 def test_bad_inputs_are_one_line_errors_before_anything_is_written(dense, uninterrupted, tmp_path, capsys):
     argv, new = dense["argv"], tmp_path / "new"
     cases = [
