@@ -205,8 +205,9 @@ class CondLR(Optimizer):
             layers and runs each step of their linear algebra (tangent projection, Cholesky QR, SVD) as one
             batched call per shape; ``False`` runs them layer by layer. The two agree to rounding (1e-6 in
             float32). Fewer, larger calls pay on every device: on one CPU thread, WRN-16-4 at rank 0.2, the
-            batched step measured 0.85× the per-layer one (``benchmarks/condlr_step.py``). On CUDA, where each
-            call is a kernel launch, batching should matter more (not measured: no GPU was available).
+            batched step measured 0.82–0.90× the per-layer one (``benchmarks/condlr_step.py``, a shared, loaded
+            machine). On CUDA, where each call is a kernel launch, batching should matter more (not measured: no
+            GPU was available).
 
     Every low-rank layer whose ``U``, ``S``, ``V`` are all in the optimiser is constrained; all other
     parameters (biases, BatchNorm, dense layers, vanilla factors) get plain SGD with momentum. The layer
@@ -215,6 +216,11 @@ class CondLR(Optimizer):
     Linear algebra runs in float32 (float64 for float64 parameters). A step reads the host twice, whatever the
     number of layers: the fused finiteness check of the gradients, and one flag for all its decompositions
     (see :meth:`_move`); a rank-adaptive step also reads each adapting layer's new rank.
+
+    Cost. Beyond SGD's own work (momentum, weight decay, update), a step multiplies every ``n × r`` basis four
+    times (``UᵀG`` and ``G − U(UᵀG)`` for its direction ``G``, ``XᵀX`` and ``X L⁻ᵀ`` for its retraction: ``8nr²``
+    flops; 0.23 GFLOP for WRN-16-4 at rank 0.2) and takes one SVD per ``r × r`` core. On one CPU thread these alone cost about four SGD steps of the same model,
+    so the step is at least ≈ 5× SGD's there (``benchmarks/condlr_step.py``, ``floor_vs_sgd_step``).
     """
 
     def __init__(
