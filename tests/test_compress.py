@@ -91,9 +91,11 @@ def test_layers_that_would_not_save_weights_stay_dense_unless_forced():
     assert choice.stored == 355 + 324 + 288 and choice.dense_weights == 360 + 324 + 288
     forced = choose_ranks(model, energy=0.95, force=True)
     assert forced.ranks == {"0": 5, "3": 5, "5": 3}
-    assert forced.layers[1].note.startswith("forced: rank 5") and forced.layers[2].note.startswith("forced: the classifier")
+    assert forced.layers[1].note.startswith("forced: rank 5")
+    assert forced.layers[2].note.startswith("forced: the classifier")
     converted = to_lowrank(model, choice.ranks, keep_last_full=False)
-    assert isinstance(converted[0], LowRankLayer) and type(converted[3]) is nn.Conv2d and type(converted[5]) is nn.Linear
+    assert isinstance(converted[0], LowRankLayer)
+    assert type(converted[3]) is nn.Conv2d and type(converted[5]) is nn.Linear
 
 
 def _two_spectra() -> nn.Sequential:

@@ -22,8 +22,8 @@ from ..report import format_table
 from ..train import TrainConfig
 from ..train.method_options import CLI_NAMES
 from . import train_cmd
-from .options import (CliError, Parser, add_data_options, add_model_options, add_run_options, checked, default_out,
-                      integer, number, parse_floats, rank_value, unit_interval)
+from .options import (CliError, Parser, _Collect, add_data_options, add_model_options, add_run_options, checked,
+                      default_out, integer, parse_floats, rank_value, unit_interval)
 from .setup import check_model_fits, cli_names, device_of, load_data, load_model
 
 __all__ = ["continue_hint", "register"]
@@ -49,7 +49,8 @@ _OWN_TRAIN_KEYS = ("epochs", "lr", "tau", "adv")
 """Borrowed options that are compress settings, not ``train_options``."""
 
 _SETTING_OPTIONS = {"rank": "--rank", "params": "--params", "keep_last_full": "--factorise-classifier",
-                    "force": "--force", "attacks": "--attack", "eps": "--eps", "eval_n": "--eval-n", "eval_steps": "--eval-steps",
+                    "force": "--force", "attacks": "--attack", "eps": "--eps", "eval_n": "--eval-n",
+                    "eval_steps": "--eval-steps",
                     "attack_rank": "--attack-rank", "eval_batch_size": "--eval-batch-size",
                     "latency_batch": "--latency-batch", "latency_repeats": "--latency-repeats", "seed": "--seed",
                     "device": "--device"}
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "rank": args.rank, "params": args.params, "keep_last_full": not args.factorise_classifier, "force": args.force,
         "epochs": args.epochs, "tau": args.tau, "lr": args.lr, "adv": args.adv, "attacks": args.attack or ["pgd-linf"],
-        "eps": None if args.eps is None else [eps for part in args.eps for eps in part], "eval_n": args.eval_n, "eval_steps": args.eval_steps, "attack_rank": args.attack_rank,
+        "eps": args.eps, "eval_n": args.eval_n, "eval_steps": args.eval_steps, "attack_rank": args.attack_rank,
         "eval_batch_size": args.eval_batch_size, "latency_batch": args.latency_batch,
         "latency_repeats": args.latency_repeats, "seed": args.seed, "device": args.device,
         "train_options": {**train_options, "grad_scale": args.grad_scale},
@@ -152,15 +153,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="U/V gradient scale, the exact (S S^T)^-1 or the reference code's (sigma_min/sigma_max)^2 (default: "
              "%(default)s)")
     g = p.add_argument_group("evaluation (the same attacks on the dense and the low-rank model)")
-    g.add_argument("--attack", action="append", choices=ATTACK_NAMES, default=None,
+    g.add_argument("--attack", action=_Collect, choices=ATTACK_NAMES, default=None,
                    help="repeatable (default: pgd-linf)")
-    g.add_argument("--eps", type=parse_floats, nargs="+", default=None,
+    g.add_argument("--eps", type=parse_floats, nargs="+", action=_Collect, default=None,
                    help="budgets (commas or spaces; 0 is always added; default: 0.05 L-inf on one-channel images, "
                         "2/255 on colour ones, 0.5 for L2 attacks)")
     g.add_argument("--eval-n", type=integer(0, "0 = all"), default=_DEFAULTS.eval_n,
                    help="test images, 0 = all (default: %(default)s)")
     g.add_argument("--eval-steps", type=integer(1), default=None,
-                   help="attack steps, also of the robust validation with --adv (default: each attack's own, 10 for PGD)")
+                   help="attack steps, also of the robust validation with --adv (default: each attack's own, 10 for "
+                        "PGD)")
     g.add_argument("--attack-rank", type=rank_value, default=None, metavar="R",
                    help="rank of the low-rank attacks (lora-pgd, rank-pgd): an int or a fraction of min(H, W)")
     g.add_argument("--eval-batch-size", type=integer(1), default=_DEFAULTS.eval_batch_size,

@@ -2,7 +2,7 @@
 
 >>> from robustlr.compress import compress                                                   # doctest: +SKIP
 >>> result = compress(model, train, test, params=0.3, epochs=3, out="runs/compress")         # doctest: +SKIP
->>> result.rows()              # doctest: +SKIP (clean / robust accuracy, κ, stored weights, latency: dense and low-rank)
+>>> result.rows()   # doctest: +SKIP (clean / robust accuracy, κ, stored weights, latency: dense and low-rank)
 >>> result.saved_fraction, result.latency["ratio"], result.model                             # doctest: +SKIP
 
 Modules: :mod:`~robustlr.compress.settings` (the settings, their defaults and the fine-tuning run they define),

@@ -22,7 +22,8 @@ from .settings import CompressSettings
 __all__ = ["evaluate_model", "evaluation_summary", "latency_ratio"]
 
 
-def evaluate_model(model: nn.Module, test: ImageDataset, settings: CompressSettings, progress: bool) -> EvaluationResult:
+def evaluate_model(model: nn.Module, test: ImageDataset, settings: CompressSettings,
+                   progress: bool) -> EvaluationResult:
     """Clean and robust accuracy of ``model`` on the first ``eval_n`` test images (0: all) under every attack of
     ``settings`` at every ε of its grid, each attack built on ``model`` itself with the run's seed."""
     attacks = {

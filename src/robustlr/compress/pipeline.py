@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,10 @@ def _check_inputs(model: object, train: object, test: object) -> None:
         if not isinstance(data, ImageDataset):
             raise ValueError(f"{name} must be a robustlr ImageDataset (robustlr.data.load_dataset); got "
                              f"{type(data).__name__}")
-    if train.image_shape != test.image_shape or train.num_classes != test.num_classes:  # type: ignore[union-attr]
-        raise ValueError(f"train_data and test_data must have the same image shape and classes; got "
-                         f"{train.image_shape} with {train.num_classes} classes and {test.image_shape} with "  # type: ignore[union-attr]
-                         f"{test.num_classes}")  # type: ignore[union-attr]
+    shapes = [(data.image_shape, data.num_classes) for data in (train, test)]  # type: ignore[union-attr]
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"train_data and test_data must have the same image shape and classes; got (shape, classes) "
+                         f"{shapes[0]} and {shapes[1]}")
     lowrank = [name for name, _ in factored_layers(model)]  # type: ignore[arg-type]
     if lowrank:
         raise ValueError(f"model must be dense: it already has low-rank layers {lowrank}; compress the dense network "
@@ -145,18 +146,19 @@ def _claim(out: Path, record: dict[str, Any], settings: CompressSettings, resume
 
 
 def _choose(dense: nn.Module, settings: CompressSettings) -> RankChoice:
+    flags = {"keep_last_full": settings.keep_last_full, "force": settings.force}
     if settings.rank is None:
-        choice = choose_ranks(dense, params=settings.params, keep_last_full=settings.keep_last_full, force=settings.force)
+        choice = choose_ranks(dense, params=settings.params, **flags)
     else:
         rank, energy = parse_rank_request(settings.rank)
-        choice = choose_ranks(dense, rank, energy=energy, keep_last_full=settings.keep_last_full, force=settings.force)
+        choice = choose_ranks(dense, rank, energy=energy, **flags)
     if not choice.ranks:
         raise ValueError(f"{choice.rule}: no layer would be factorised (every factorisation would store at least as "
                          "many weights as its dense layer); allowed: a smaller rank, energy or params, or force=True")
     return choice
 
 
-def _interrupted(what: str, out: Path) -> Any:
+def _interrupted(what: str, out: Path) -> Callable[[int], TrainingInterrupted]:
     def error(signum: int) -> TrainingInterrupted:
         return TrainingInterrupted(signum, f"compress stopped by {signal_name(signum)} while {what}; the finished "
                                            f"steps are saved in {str(out)!r} (resuming redoes only the rest)", out)
@@ -201,7 +203,7 @@ def compress(
     _check_inputs(model, train_data, test_data)
     config = _settings(settings).with_data(train_data.image_shape[0])
     out = Path(out)
-    say = tqdm.write if verbose else (lambda text: None)
+    say: Callable[[str], None] = tqdm.write if verbose else (lambda text: None)
     device = torch.device(config.device)
     dense = copy.deepcopy(model).to(device).eval()
     record = {"format": FORMAT, "settings": config.to_dict(), "model": _label(model),
@@ -218,8 +220,9 @@ def compress(
             f"({100 * choice.fraction:.1f} %)")
     finetune = config.finetune_config(choice.ranks, str(out / "finetune"), _label(model), train_data.name)
     resumed = resume and (out / "finetune" / "resume.pt").is_file()
-    say(f"[3/4] fine-tuning with CondLR (tau {config.tau:g}{', adversarially: ' + config.adv if config.adv else ''}) for "
-        f"{config.epochs} epochs into {out / 'finetune'}{' (resumed)' if resumed else ''}")
+    adversarially = f", adversarially: {config.adv}" if config.adv else ""
+    say(f"[3/4] fine-tuning with CondLR (tau {config.tau:g}{adversarially}) for {config.epochs} epochs into "
+        f"{out / 'finetune'}{' (resumed)' if resumed else ''}")
     run = train(finetune, progress=progress, resume=resumed, model=converted, data=(train_data, test_data))
     with StopSignals() as stop, stop.immediate(_interrupted("evaluating the low-rank model", out)):
         lowrank = copy.deepcopy(converted)
@@ -247,7 +250,7 @@ def compress(
 
 
 def _dense_evaluation(dense: nn.Module, test: ImageDataset, config: CompressSettings, out: Path, resume: bool,
-                      progress: bool, say: Any) -> dict[str, Any]:
+                      progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
     """Step 1, or its summary from ``dense-eval.json`` when resuming a run that finished it."""
     path = out / _DENSE_EVAL
     if resume and path.is_file():

@@ -86,7 +86,8 @@ def parse_rank_request(value: object) -> tuple[RankSpec | None, float | None]:
             energy = math.nan
         if not 0 < energy <= 1:
             raise ValueError(f"rank must be 'energy:E' with E a fraction in (0, 1] of each layer's sum of squared "
-                             f"singular values (e.g. 'energy:0.9'), or a rank as robustlr train takes it; got {value!r}")
+                             f"singular values (e.g. 'energy:0.9'), or a rank as robustlr train takes it; got "
+                             f"{value!r}")
         return None, energy
     try:
         return parse_rank(value), None
@@ -138,7 +139,8 @@ class CompressSettings:
     def __post_init__(self) -> None:
         if (self.rank is None) == (self.params is None):
             raise ValueError("give exactly one of rank (as robustlr train takes it, or 'energy:E') and params (a "
-                             f"fraction in (0, 1] of the dense weights); got rank={self.rank!r}, params={self.params!r}")
+                             f"fraction in (0, 1] of the dense weights); got rank={self.rank!r}, "
+                             f"params={self.params!r}")
         if self.rank is not None:
             parse_rank_request(self.rank)
         elif not is_real(self.params) or not 0 < self.params <= 1:  # type: ignore[operator]

@@ -107,7 +107,7 @@ class RankChoice:
 
     @property
     def ranks(self) -> dict[str, int]:
-        """``{name: rank}`` of the factorised layers: the ``rank`` argument of ``to_lowrank(..., keep_last_full=False)``."""
+        """``{name: rank}`` of the factorised layers: the ``rank`` of ``to_lowrank(..., keep_last_full=False)``."""
         return {layer.name: layer.rank for layer in self.layers if layer.rank is not None}
 
     @property
@@ -228,7 +228,8 @@ def _given_rank(layer: _Spectrum, rank: int | float | Mapping[str, int | float])
         raise ValueError(f"layer {layer.name!r}: {error}") from None
 
 
-def _budget_ranks(layers: list[_Spectrum], free: list[int], fixed_cost: int, params: float, force: bool) -> dict[int, int]:
+def _budget_ranks(layers: list[_Spectrum], free: list[int], fixed_cost: int, params: float,
+                  force: bool) -> dict[int, int]:
     """The ``params`` rule for the layers at positions ``free`` (module docstring): all at rank 1, then rises in
     order of the energy reached, each taken if it still fits; ``fixed_cost`` is what the other layers store."""
     total = sum(layer.shape[0] * layer.shape[1] for layer in layers)
@@ -236,7 +237,8 @@ def _budget_ranks(layers: list[_Spectrum], free: list[int], fixed_cost: int, par
 
     def cost(index: int, rank: int) -> int:
         layer = layers[index]
-        return layer.shape[0] * layer.shape[1] if _stays_dense(layer, rank, force) else stored_weights(*layer.shape, rank)
+        dense = layer.shape[0] * layer.shape[1]
+        return dense if _stays_dense(layer, rank, force) else stored_weights(*layer.shape, rank)
 
     ranks = dict.fromkeys(free, 1)
     used = fixed_cost + sum(cost(index, 1) for index in free)
@@ -321,7 +323,8 @@ def choose_ranks(
     layers = _spectra(model)
     if isinstance(rank, Mapping):
         _check_rank_names(layers, rank)
-    choices = [_fixed_choice(layer, index, len(layers), rank, keep_last_full, force) for index, layer in enumerate(layers)]
+    choices = [_fixed_choice(layer, index, len(layers), rank, keep_last_full, force)
+               for index, layer in enumerate(layers)]
     free = [index for index, choice in enumerate(choices) if choice is None]
     if rank is not None:
         ranks, rule = {index: _given_rank(layers[index], rank) for index in free}, f"rank {rank}"
@@ -329,7 +332,8 @@ def choose_ranks(
         ranks, rule = {index: energy_rank(layers[index].cumulative, energy) for index in free}, f"energy {energy:g}"
     else:
         fixed_cost = sum(choice.stored for choice in choices if choice is not None)
-        ranks, rule = _budget_ranks(layers, free, fixed_cost, params, force), f"params {params:g}"  # type: ignore[arg-type]
+        assert params is not None
+        ranks, rule = _budget_ranks(layers, free, fixed_cost, params, force), f"params {params:g}"
     for index, chosen in ranks.items():
         choices[index] = _decide(layers[index], chosen, force)
     return RankChoice(tuple(choice for choice in choices if choice is not None), rule)
