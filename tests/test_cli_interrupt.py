@@ -18,7 +18,7 @@ from robustlr.cli import main
 from robustlr.cli.options import DEFAULT_CONTINUE_HINT
 from robustlr.train import TrainConfig, TrainingInterrupted
 
-COMMANDS = [["demo"], ["evaluate"], ["attack"], ["spectrum"], ["train"], ["reproduce", "condlr-table"], ["results"], ["export"]]
+COMMANDS = [["demo"], ["evaluate"], ["attack"], ["spectrum"], ["train"], ["reproduce", "condlr-table"], ["results"], ["export"], ["compress"]]
 SAVED = "training stopped by SIGINT in epoch 1 after batch 2 of 4; the resumable state is saved in 'x/resume.pt'"
 
 

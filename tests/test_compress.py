@@ -244,6 +244,23 @@ def test_cli_compresses_a_dense_checkpoint_and_writes_the_tables(dense, uninterr
         assert row["pgd-linf@0.02"] == result.worst_at(0.02).robust_accuracy
 
 
+def test_the_compressed_model_is_evaluated_and_exported_by_the_other_commands(dense, uninterrupted, tmp_path, capsys):
+    """``model.pt`` of compress goes where a checkpoint goes: ``robustlr evaluate`` reads it (with the dense
+    architecture's --model-file) with the clean accuracy compress reported, and ``robustlr export`` writes it as
+    plain PyTorch."""
+    model_file = ["--model-file", f"{dense['root'] / 'net.py'}:build", "--checkpoint", str(uninterrupted / "model.pt")]
+    record = json.loads((uninterrupted / "compression.json").read_text())
+    n = record["settings"]["eval_n"]
+    assert main(["evaluate", *model_file, "--data", "fashion-mnist", "--split", "test", "--n", str(n), "--attack",
+                 "fgsm", "--eps", "0.02", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    result = json.loads((tmp_path / "eval" / "result.json").read_text())
+    assert result["result"]["clean_accuracy"] == record["table"][1]["clean_accuracy"]
+    assert main(["export", *model_file, "--data", "fashion-mnist", "--n", "32", "--out", str(tmp_path / "plain")]) == 0
+    exported = json.loads((tmp_path / "plain" / "export.json").read_text())
+    assert exported["logits_check"]["max_abs_diff"] <= 1e-5
+    capsys.readouterr()
+
+
 class _Stopper:
     """A batch transform that sends SIGTERM to this process at its ``at``-th call (the trainer stops at the next
     batch boundary after saving its state)."""

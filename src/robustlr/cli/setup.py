@@ -18,7 +18,8 @@ from torch import nn
 from ..checks import check_choice, check_device, check_int
 from ..data import DATASET_NAMES, ImageDataset, load_dataset
 from ..files import read_json
-from ..models import create, load_checkpoint, load_model_file, sidecar_path
+from ..compress import load_compressed
+from ..models import create, load_checkpoint, load_model_file, model_from_sidecar, sidecar_path
 from ..modes import eval_mode
 from ..train import load_trained
 from .options import CliError
@@ -128,7 +129,7 @@ def load_model(args: argparse.Namespace, data: ImageDataset, device: torch.devic
         raise CliError("name a model: --checkpoint PATH (saved by robustlr train), --model NAME or --model-file PATH.py:FACTORY")
     if args.checkpoint:
         with cli_names({"path": "--checkpoint"}, f"--checkpoint {args.checkpoint}"):
-            model, _ = load_checkpoint(args.checkpoint, model)
+            model = _load_weights(args.checkpoint, model)
     else:
         warnings.warn("no --checkpoint given: the model has random weights", stacklevel=2)
     return model.to(device).eval()
@@ -136,7 +137,8 @@ def load_model(args: argparse.Namespace, data: ImageDataset, device: torch.devic
 
 def _from_checkpoint(path: str) -> nn.Module:
     """Rebuild a model from a robustlr checkpoint alone: one written by ``robustlr train`` (low-rank
-    structure included) or by ``save_checkpoint`` for a model of the zoo; its sidecar must name the model."""
+    structure included), by ``robustlr compress`` (``model.pt``, of a zoo model) or by ``save_checkpoint`` for a
+    model of the zoo; its sidecar must name the model."""
     sidecar = sidecar_path(path)
     with cli_names({"path": "--checkpoint"}, f"--checkpoint {path}"):
         meta = read_json(sidecar, "sidecar") if sidecar.is_file() else None
@@ -144,7 +146,19 @@ def _from_checkpoint(path: str) -> nn.Module:
             problem = "is missing" if meta is None else "does not name the model (no model_args)"
             raise CliError(f"--checkpoint {path}: its sidecar {sidecar.name} {problem}, so the model cannot be "
                            "rebuilt from it; name the architecture with --model NAME or --model-file PATH.py:FACTORY")
+        if "compress" in meta:  # written by robustlr compress: the dense architecture, converted at its ranks
+            return load_compressed(path, model_from_sidecar(meta, sidecar, lambda args: create(**args)))
         return load_trained(path)[0] if "train_config" in meta else load_checkpoint(path)[0]
+
+
+def _load_weights(path: str, model: nn.Module) -> nn.Module:
+    """The weights of checkpoint ``path`` loaded into ``model`` (of ``--model``/``--model-file``); a ``model.pt``
+    of ``robustlr compress`` (its sidecar records the ranks) into ``model`` converted at those ranks."""
+    sidecar = sidecar_path(path)
+    meta = read_json(sidecar, "sidecar") if sidecar.is_file() else {}
+    if "compress" in meta:
+        return load_compressed(path, model)
+    return load_checkpoint(path, model)[0]
 
 
 def check_model_fits(model: nn.Module, data: ImageDataset, args: argparse.Namespace,
