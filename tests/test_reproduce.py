@@ -261,7 +261,8 @@ def test_cifar_runs_are_skipped_without_the_data(tmp_path, monkeypatch, capsys):
     ('name = "bad"\nkind = "attack-table"\nversion = 1\n[attack]\ninits = ["fgsm"]\n[[runs]]\nid = "a"\n',
      r"attack.inits must be one of 'lora', 'svd'; got 'fgsm'"),
     ('name = "bad"\nkind = "spectrum"\nversion = 1\n[spectrum]\nattacks = ["lora-pgd"]\n[[runs]]\nid = "a"\n',
-     r"spectrum.attacks must be one of 'fgsm', 'fgm-l2', 'pgd-linf', 'pgd-l2'; got 'lora-pgd'"),
+     r"spectrum.attacks must be one of 'fgsm', 'fgm-l2', 'pgd-linf', 'pgd-l2', 'apgd-ce-linf', .*'square-l2'; "
+     r"got 'lora-pgd'"),
     ('name = "bad"\nkind = "train-grid"\nversion = 1\n[[runs]]\nid = "a"\nlrr = 0.1\n',
      r"run 'a': unknown training settings \['lrr'\]; allowed: "),
     ('name = "bad"\nkind = "train-grid"\nversion = 1\n[[runs]]\nid = "a"\nmethod = "sparse"\n',
