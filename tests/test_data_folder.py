@@ -366,11 +366,17 @@ def test_uint8_images_above_the_levels_are_refused():
 
 def test_train_and_evaluate_on_image_folders_from_the_command_line(square, odd, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--data", "folder", "--data-root", str(square), "--model", "mlp", "--method", "dense",
+    assert main(["train", "--data", "folder", "--data-root", str(odd), "--image-size", "12", "--workers", "0",
+                 "--model", "mlp", "--method", "dense",
                  "--epochs", "1", "--batch-size", "16", "--augment", "--eval-n", "8", "--eval-eps", "0", "0.05",
                  "--eval-steps", "1", "--eval-batch-size", "8", "--no-progress", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["evaluation"]["last"]["n"] == 8
+    assert summary["data"] == {"name": "folder", "classes": sorted(CLASSES), "image_shape": [3, 12, 12]}
+    assert summary["config"]["image_size"] == 12
+    line = cli_error(["train", "--data", "digits", "--image-size", "8", "--no-progress", "--out", str(tmp_path / "x")],
+                     capsys)
+    assert "image_size applies to data='folder' only" in line or "--image-size applies" in line, line
     assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--data", "folder", "--data-root", str(odd),
                  "--image-size", "12", "--workers", "2", "--n", "0", "--attack", "fgsm", "--eps", "0.05",
                  "--steps", "1", "--no-progress", "--out", str(tmp_path / "eval")]) == 0

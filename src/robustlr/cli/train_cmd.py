@@ -152,6 +152,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-root", metavar="DIR", help="the only directory looked in for the dataset files (default: "
                                                      "$ROBUSTLR_DATA, ~/.cache/robustlr, /usr/share/datasets)")
     g.add_argument("--download", action="store_true", help="download (checksum-verified) if not found locally")
+    g.add_argument("--image-size", type=integer(1), metavar="N",
+                   help="--data folder: train on random-resized N×N crops (with --augment, else resize the shorter "
+                        "side to round(N*256/224) and centre-crop N); default: images keep their size, which must be "
+                        "the same for all")
+    g.add_argument("--workers", type=integer(0, "0 = the main process"), metavar="N",
+                   help="processes that decode batches in parallel (default: min(4, CPUs) for --data folder, 0 for "
+                        "data held in memory); may change on --resume")
     g.add_argument("--train-subset", type=integer(2, "a validation split is held out"), metavar="N",
                    help="use only the first N training images (default: all)")
     g.add_argument("--val-fraction", default=_DEFAULTS.val_fraction,

@@ -38,6 +38,9 @@ device             cpu           (distributed runs: ``cuda`` means ``cuda:LOCAL_
 out                runs/train    run directory
 data_root          None          the only directory looked in for the data files
 download           False         download the data (checksum-verified) if missing
+image_size         None          ``data="folder"`` only: images resized/cropped to N×N (random-resized crop +
+                                 flip with ``augment``); None: every image must have one size
+workers            None          processes decoding batches (None: min(4, CPUs) for a folder, 0 in memory)
 =================  ============  ====================================================================
 
 (*) ``rank`` applies to ``lowrank`` and ``condlr``; ``tau``, ``grad_scale`` and ``theta`` to ``condlr`` only
@@ -79,7 +82,7 @@ AMP_MODES = ("bf16", "fp16")
 """Mixed-precision modes: autocast to bfloat16, or to float16 with a gradient scaler."""
 
 RESUME_MAY_DIFFER: tuple[str, ...] = (
-    "epochs", "out", "device", "data_root", "download", "eval_eps", "eval_n", "eval_steps", "eval_batch_size",
+    "epochs", "out", "device", "data_root", "download", "workers", "eval_eps", "eval_n", "eval_steps", "eval_batch_size",
 )
 """Keys that ``--resume`` accepts with a value other than the stored one: more (or as many) epochs, where the
 run and the data live, and the final evaluation, which does not change the training. Any other difference
@@ -145,6 +148,8 @@ class TrainConfig:
     out: str = "runs/train"
     data_root: str | None = None
     download: bool = False
+    image_size: int | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         values = {
@@ -174,7 +179,12 @@ class TrainConfig:
             "out": _text("out", str(self.out) if self.out is not None else None),
             "data_root": _text("data_root", None if self.data_root is None else str(self.data_root), optional=True),
             "download": self._flag("download"),
+            "image_size": None if self.image_size is None else check_int("image_size", self.image_size, 1),
+            "workers": None if self.workers is None else check_int("workers", self.workers, 0),
         }
+        if values["image_size"] is not None and values["data"] != "folder":
+            raise ValueError(f"image_size applies to data='folder' only (image folders are resized to it); got "
+                             f"image_size={values['image_size']} with data={values['data']!r}")
         values.update(resolve_method_options(values["method"], {key: getattr(self, key) for key in METHOD_KEYS}))
         if not values["eval_eps"]:
             raise ValueError("eval_eps must list at least one budget (finite numbers >= 0); got []")

@@ -39,13 +39,15 @@ def adversarial_summary(config: TrainConfig, state: TrainState, model: nn.Module
 
 
 def run_summary(config: TrainConfig, state: TrainState, model: nn.Module, adversarial: AdversarialTraining | None,
-                *, processes: int, image_shape: tuple[int, ...],
+                *, processes: int, image_shape: tuple[int, ...], classes: list[str],
                 evaluations: dict[str, tuple[EvaluationResult, int]], paths: RunPaths) -> dict[str, Any]:
     """The JSON-ready content of ``summary.json``; ``evaluations`` maps ``"last"``/``"best"`` to the model's final
-    evaluation and its epoch, ``model`` is the last model (its compression is reported)."""
+    evaluation and its epoch, ``model`` is the last model (its compression is reported); ``data`` records the
+    dataset's name, class names (indexed by label) and image shape."""
     compression = compression_report(model, input_shape=image_shape)
     return json_ready({
         "config": config.to_dict(),
+        "data": {"name": config.data, "classes": classes, "image_shape": list(image_shape)},
         "epochs_completed": state.epoch,
         "best_epoch": state.best_epoch,
         "best_val_accuracy": state.best_val_accuracy,

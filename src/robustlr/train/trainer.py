@@ -113,8 +113,9 @@ class _Splits:
 def _load_splits(config: TrainConfig, given: tuple[ImageDataset, ImageDataset] | None) -> _Splits:
     """Training subset split into train/validation (seeded), and the test split: of ``config.data``, or the
     ``(train, test)`` datasets ``given``."""
-    full = load_dataset(config.data, "train", root=config.data_root, download=config.download) if given is None \
-        else given[0]
+    options = {"image_size": config.image_size, "workers": config.workers} if config.data == "folder" else {}
+    full = load_dataset(config.data, "train", root=config.data_root, download=config.download, **options) \
+        if given is None else given[0]
     if config.train_subset is not None:
         if config.train_subset > len(full):
             raise ValueError(f"train_subset must be an int in [2, {len(full)}] (the size of {config.data}'s training "
@@ -124,8 +125,11 @@ def _load_splits(config: TrainConfig, given: tuple[ImageDataset, ImageDataset] |
     if len(val) == 0:
         raise ValueError(f"val_fraction = {config.val_fraction:g} leaves no validation image out of {len(full)}; "
                          f"allowed: a fraction in (0, 1) with val_fraction · {len(full)} >= 1")
-    test = load_dataset(config.data, "test", root=config.data_root, download=config.download) if given is None \
-        else given[1]
+    test = load_dataset(config.data, "test", root=config.data_root, download=config.download, **options) \
+        if given is None else given[1]
+    if config.workers is not None:
+        for split in (train, val, test):
+            split.workers = config.workers
     return _Splits(train, val, test)
 
 
@@ -376,7 +380,7 @@ class _Run:
                                        f"{config.model} on {config.data}",
                                  extra={"train_config": config.to_dict(), "checkpoint": f"{which}.pt", "epoch": epoch})
         summary = run_summary(config, state, self.model, self.adversarial, processes=self.group.world_size,
-                              image_shape=self.data.train.image_shape,
+                              image_shape=self.data.train.image_shape, classes=list(self.data.train.classes),
                               evaluations={which: (evaluations[which], epoch) for which, (_, epoch) in models.items()},
                               paths=paths)
         if self.group.is_main:
