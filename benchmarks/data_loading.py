@@ -107,6 +107,32 @@ def folder_throughput(root: Path, image_size: int, workers: int, batch_size: int
             "worker_ms_per_image": (worker_end - worker_cpu) / count * 1e3}
 
 
+def run_all_rows(quick: bool, directory: Path | None = None) -> tuple[dict[str, float], list[str]]:
+    """The rows of ``make bench``: uint8 storage of a CIFAR-shaped split (bytes and peak RSS over a float32 copy of
+    it, 4 bytes per value), and the images/s of a JPEG folder (``quick``: 200, else 1000 images of 256×256 at 224)
+    with 2 workers over 0."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(scratch) if directory is None else directory
+        memory = cifar_memory(base / "cifar")
+        float_bytes = 4 * memory["stored_bytes"] // (1 if memory["stored_dtype"] == "torch.uint8" else 4)
+        n = 200 if quick else 1000
+        root = write_jpeg_folder(base / "jpeg", n, 256)
+        rates = {workers: folder_throughput(root, 224, workers) for workers in (0, 2)}
+    rows = {"uint8_vs_float32_stored_bytes": memory["stored_bytes"] / float_bytes,
+            "uint8_vs_float32_peak_rss": memory["peak_rss_above_start_bytes"] / float_bytes,
+            "folder_workers2_vs_workers0_images_per_s": rates[2]["images_per_second"] / rates[0]["images_per_second"]}
+    extras = [f"CIFAR-shaped training split (50000×3×32×32) stored as {memory['stored_dtype']}: "
+              f"{memory['stored_bytes'] / 1e6:.1f} MB (float32 would hold {float_bytes / 1e6:.1f} MB), peak RSS of "
+              f"loading {memory['peak_rss_above_start_bytes'] / 1e6:.1f} MB",
+              f"{n} JPEGs 256×256 at --image-size 224: " + ", ".join(
+                  f"{workers} workers {got['images_per_second']:.0f} images/s (CPU per image: main "
+                  f"{got['main_ms_per_image']:.2f} ms, workers {got['worker_ms_per_image']:.2f} ms)"
+                  for workers, got in rates.items())]
+    return rows, extras
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["memory", "folder"])
