@@ -1,0 +1,197 @@
+"""Evaluation-suite benchmarks: robustlr's AutoAttack and APGD-CE against the original AutoAttack (pyautoattack),
+and LoRa-APGD against LoRa-PGD at equal numbers of forward/backward passes.
+
+On one model, the same test images and one L2 ε, in one run (:func:`run`):
+  (a) robust accuracy of ``evaluate(suite="autoattack")`` − pyautoattack's standard AutoAttack, points  goal ≤ +0.5
+  (b) time of ours / theirs (the whole evaluation call each)                                          goal ≤ 0.7
+  (c) APGD-CE, 100 steps, on the clean-correct images: our time / ``APGDAttack``'s                    goal ≤ 1.0
+  (d) APGD-CE robust accuracy, ours − theirs, points                                                 goal within ±1
+  (e) LoRa-APGD − LoRa-PGD robust accuracy (points) and time ratio at 30 passes, rank 3              (reference)
+
+The model is the L2-PGD-trained LeNet5 of ``experiments/lorapgd-table.toml`` (run ``pgd-l2``), trained into
+``--models`` if it is not there yet (about 10 minutes on one CPU thread; reused afterwards): a model with
+non-trivial robustness, where the attacks' differences show.  Timings of (a)–(b) are one call each (an
+AutoAttack run takes minutes), ours first; (c) and (e) interleave the two (a, b, a, b, …), medians.
+
+``--passes-table`` instead writes the equal-passes comparison of docs/attacks.md ("LoRa-APGD"): LoRa-PGD,
+LoRa-APGD and APGD-CE at 10, 30 and 100 passes, on both LeNet5 runs (standard and PGD-trained), L2 ε 0.5 / 1 /
+1.5, ranks 3 and 8 (10 % and 30 % of 28).  Passes: LoRa-PGD of ``k`` steps makes ``k`` forward+backward passes,
+LoRa-APGD and APGD of ``k − 1`` steps make ``k`` (the start and every step; APGD one more forward pass).
+
+Run:  python benchmarks/suite.py [--n 300] [--eps 1.0] [--threads 1] [--models DIR]
+      python benchmarks/suite.py --passes-table [--n 500] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common import device_name, interleaved_times
+
+from robustlr.attacks import APGD, LoRaPGD
+from robustlr.attacks.lora_apgd import LoRaAPGD
+from robustlr.data import load_dataset
+from robustlr.evaluate import evaluate
+from robustlr.reproduce.configs import load_experiment
+from robustlr.reproduce.training import train_config
+from robustlr.train import ensure_trained, load_trained
+
+PEER = "pyautoattack"
+MODELS = Path(__file__).resolve().parents[1] / "runs" / "reproduce" / "lorapgd-vs-autoattack"
+"""Where the experiment lorapgd-vs-autoattack trains its LeNet5 runs (the same as lorapgd-table's)."""
+
+
+def lenet5(run_id: str, models: Path, device: torch.device) -> nn.Module:
+    """The LeNet5 run ``run_id`` (``standard`` or ``pgd-l2``) of lorapgd-table, trained into ``models/<run_id>``
+    if missing, loaded from its ``best.pt`` in eval mode."""
+    run = next(r for r in load_experiment("lorapgd-table").runs if r["id"] == run_id)
+    ensure_trained(train_config(run, models), progress=False)
+    model, _ = load_trained(models / run_id / "best.pt", device=device)
+    return model
+
+
+def test_images(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` Fashion-MNIST test images and labels."""
+    test = load_dataset("fashion-mnist", "test")
+    return test.images[:n].to(device), test.labels[:n].to(device)
+
+
+def robust(model: nn.Module, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Robust accuracy: correct on the clean image and on ``adv`` (a count over ``len(y)``, exact)."""
+    with torch.no_grad():
+        return int(((model(x).argmax(dim=1) == y) & (model(adv).argmax(dim=1) == y)).sum()) / len(y)
+
+
+def autoattack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int) -> dict[str, float]:
+    """(a), (b): our suite (the cascade of :func:`robustlr.evaluate.evaluate`) and pyautoattack's standard
+    version at L2 ``eps``, one call each."""
+    from pyautoattack import AutoAttack
+
+    t0 = time.perf_counter()
+    ours = evaluate(model, (x, y), eps_grid=[eps], suite="autoattack", norm="l2", batch_size=batch, progress=False)
+    t_ours = time.perf_counter() - t0
+    peer = AutoAttack(model, norm="L2", eps=eps, version="standard", seed=0, device=x.device)
+    t0 = time.perf_counter()
+    _, y_adv = peer.run_standard_evaluation(x, y, batch_size=batch)
+    t_peer = time.perf_counter() - t0
+    ra_ours, ra_peer = ours.worst_at(eps, norm="l2").robust_accuracy, int((y_adv == y).sum()) / len(y)
+    return {"autoattack_points_ours_minus_theirs": 100 * (ra_ours - ra_peer), "autoattack_time_ours_vs_theirs":
+            t_ours / t_peer, "autoattack_robust_ours": ra_ours, "autoattack_robust_theirs": ra_peer,
+            "autoattack_seconds_ours": t_ours, "autoattack_seconds_theirs": t_peer,
+            "clean_accuracy": ours.clean_accuracy}
+
+
+def apgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, repeats: int) -> dict[str, float]:
+    """(c), (d): APGD-CE with 100 steps, ρ = 0.75, one restart, on the clean-correct images of ``x``."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    with torch.no_grad():
+        keep = model(x).argmax(dim=1) == y
+    x, y = x[keep], y[keep]
+    ours = APGD(model, eps, "l2", steps=100, loss="ce", seed=0)
+    peer = APGDAttack(model, n_iter=100, norm="L2", n_restarts=1, eps=eps, seed=0, loss="ce", rho=0.75,
+                      device=x.device)
+    out: dict[str, torch.Tensor] = {}
+    t = interleaved_times({"ours": lambda: out.__setitem__("ours", ours(x, y)),
+                           "theirs": lambda: out.__setitem__("theirs", peer.perturb(x, y))}, x.device, repeats)
+    ra_ours, ra_peer = robust(model, out["ours"], x, y), robust(model, out["theirs"], x, y)
+    share = int(keep.sum()) / len(keep)  # robust accuracy over all of x, as the suite counts it
+    return {"apgd_ce_time_ours_vs_theirs": t["ours"] / t["theirs"],
+            "apgd_ce_points_ours_minus_theirs": 100 * share * (ra_ours - ra_peer),
+            "apgd_ce_seconds_ours": t["ours"], "apgd_ce_seconds_theirs": t["theirs"], "apgd_ce_points": int(keep.sum())}
+
+
+def equal_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, passes: int, rank: int | None,
+                 repeats: int = 1) -> dict[str, tuple[float, float]]:
+    """Robust accuracy and seconds of LoRa-PGD and LoRa-APGD at rank ``rank`` (both skipped for ``None``) and of
+    APGD-CE, each given ``passes`` forward+backward passes (module docstring), timed interleaved."""
+    attacks = {"apgd-ce": APGD(model, eps, "l2", steps=passes - 1, seed=0)} if rank is None else {
+        "lora-pgd": LoRaPGD(model, eps, rank, "l2", steps=passes, seed=0),
+        "lora-apgd": LoRaAPGD(model, eps, rank, "l2", steps=passes - 1, seed=0)}
+    out: dict[str, torch.Tensor] = {}
+    fns = {name: (lambda name=name, atk=atk: out.__setitem__(name, atk(x, y))) for name, atk in attacks.items()}
+    if repeats > 1:
+        seconds = interleaved_times(fns, x.device, repeats)
+    else:
+        seconds = {name: _timed(fn) for name, fn in fns.items()}
+    return {name: (robust(model, out[name], x, y), seconds[name]) for name in attacks}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def lora_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, repeats: int) -> dict[str, float]:
+    """(e): LoRa-APGD vs LoRa-PGD at 30 passes, rank 3."""
+    res = equal_passes(model, x, y, eps, 30, 3, repeats)
+    (ra_a, t_a), (ra_p, t_p) = res["lora-apgd"], res["lora-pgd"]
+    return {"lora_apgd_minus_lora_pgd_points_30_passes": 100 * (ra_a - ra_p), "lora_apgd_vs_lora_pgd_time": t_a / t_p,
+            "lora_apgd_robust_30_passes": ra_a, "lora_pgd_robust_30_passes": ra_p}
+
+
+def run(n: int, eps: float, models: Path, device: torch.device, repeats: int, batch: int) -> dict[str, float]:
+    """Every row of the module docstring on the PGD-trained LeNet5 and the first ``n`` test images."""
+    model = lenet5("pgd-l2", models, device)
+    x, y = test_images(n, device)
+    return {**autoattack_rows(model, x, y, eps, batch), **apgd_rows(model, x, y, eps, repeats),
+            **lora_rows(model, x, y, eps, repeats), "n": n, "eps": eps}
+
+
+def passes_table(n: int, models: Path, device: torch.device) -> list[dict[str, object]]:
+    """The rows of docs/attacks.md's equal-passes comparison (module docstring), printed as they come."""
+    x, y = test_images(n, device)
+    rows = []
+    for run_id in ("standard", "pgd-l2"):
+        model = lenet5(run_id, models, device)
+        for eps in (0.5, 1.0, 1.5):
+            for passes in (10, 30, 100):
+                for rank in (None, 3, 8):
+                    for attack, (ra, seconds) in equal_passes(model, x, y, eps, passes, rank).items():
+                        rows.append({"model": run_id, "eps": eps, "passes": passes, "attack": attack, "rank": rank,
+                                     "robust_accuracy": ra, "seconds": seconds})
+                        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=None, help="test images (default 300; --passes-table: 500)")
+    parser.add_argument("--eps", type=float, default=1.0, help="L2 budget of (a)-(e) (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=500, help="batch size of both AutoAttacks")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of (c) and (e)")
+    parser.add_argument("--models", type=Path, default=MODELS, help="where the LeNet5 runs are (or are trained)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--passes-table", action="store_true", help="instead: docs/attacks.md's equal-passes table")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device: {device_name(device)}; torch {torch.__version__}")
+    if args.passes_table:
+        result: object = passes_table(args.n or 500, args.models, device)
+    else:
+        import importlib
+
+        importlib.import_module(PEER)  # the peer is required: fail before training or attacking anything
+        result = run(args.n or 300, args.eps, args.models, device, args.repeats, args.batch)
+        for key, value in result.items():
+            print(f"  {key:44s} {value:.4g}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device_name(device), "torch": torch.__version__,
+                                               "results": result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
