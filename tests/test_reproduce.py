@@ -251,7 +251,7 @@ def test_cifar_runs_are_skipped_without_the_data(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("text, match", [
     ('name = "bad"\nkind = "grid"\nversion = 1\n[[runs]]\nid = "a"\n',
-     r"kind must be one of \('train-grid', 'attack-table', 'spectrum'\), got 'grid'"),
+     r"kind must be one of \('train-grid', 'attack-table', 'spectrum', 'suite-table'\), got 'grid'"),
     ('name = "bad"\nkind = "train-grid"\nversion = 1\n[attack]\neps = [1.0]\n[[runs]]\nid = "a"\n',
      r"unknown key\(s\) \['attack'\]; allowed for kind 'train-grid'"),
     ('name = "bad"\nkind = "attack-table"\nversion = 1\n[attack]\nepss = [1.0]\n[[runs]]\nid = "a"\n',
