@@ -27,12 +27,14 @@ from pathlib import Path
 import numpy as np
 
 _MEASURE_LOAD = """
-import json, resource, sys
+import json, sys
 import torch
 from robustlr.data import load_dataset
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():  # VmHWM: this process's own high-water mark (ru_maxrss keeps the parent's across exec)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+before = peak_kib()
 data = load_dataset("cifar10", "train", root=sys.argv[1])
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = peak_kib()
 stored = getattr(data, "pixels", None)
 stored = data.images if stored is None else stored
 print(json.dumps({"stored_dtype": str(stored.dtype), "stored_bytes": stored.nbytes,
