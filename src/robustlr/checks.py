@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["available_devices", "check_choice", "check_device", "check_fraction", "check_int", "check_number", "is_integer", "is_real"]
+__all__ = ["available_devices", "check_choice", "check_device", "check_flag", "check_fraction", "check_int", "check_number", "is_integer", "is_real"]
 
 
 def is_integer(value: object) -> bool:
@@ -63,6 +63,13 @@ def check_number(name: str, value: object, minimum: float = 0.0, strict: bool = 
     ):
         raise ValueError(f"{name} must be a finite number {bound}; got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def check_flag(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool``, else raise ``ValueError`` naming ``name`` (no truthy stand-ins)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_device(name: str, value: object) -> torch.device:

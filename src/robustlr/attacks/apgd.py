@@ -29,9 +29,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..checks import check_int
+from ..checks import check_flag, check_int
 from .apgd_schedule import APGDSchedule, check_rho
 from .base import Attack
+from .early_stop import EVERY, Shrinking, compacts
 from .precision import WORK_DTYPE, largest_budget
 from .projections import box_bounds, clip_unit, normalize_per_sample, per_sample_norm, project_
 
@@ -58,6 +59,9 @@ class APGD(Attack):
         rho: ``ρ ∈ (0, 1]``, the fraction of loss increases per window below which the step size halves.
         seed: seed of the random starts (see :class:`~robustlr.attacks.base.Attack`).
         loss_scale: factor of the objective before differentiation (see :class:`Attack`).
+        early_stop: drop the samples that fool the model from the batch as the run goes
+            (:mod:`robustlr.attacks.early_stop`): the same samples are fooled, with less work; a fooled
+            sample's result is then the iterate that fooled it by the time it was dropped.
     """
 
     name = "apgd"
@@ -74,10 +78,12 @@ class APGD(Attack):
         seed: int | None = None,
         *,
         loss_scale: float | None = None,
+        early_stop: bool = False,
     ) -> None:
         super().__init__(model, eps, norm, loss=loss, restarts=restarts, seed=seed, loss_scale=loss_scale)
         self.steps = check_int("steps", steps, 1)
         self.rho = check_rho(rho)
+        self.early_stop = check_flag("early_stop", early_stop)
         largest = largest_budget(WORK_DTYPE, self.norm)
         if not STEP_FACTOR * self.eps <= largest:
             raise ValueError(f"eps must be at most {largest / STEP_FACTOR:.6g} for APGD (its first step size "
@@ -85,7 +91,8 @@ class APGD(Attack):
                              f"got {eps!r}")
 
     def _describe(self) -> dict[str, object]:
-        return {**super()._describe(), "steps": self.steps, "rho": self.rho}
+        described = {**super()._describe(), "steps": self.steps, "rho": self.rho}
+        return {**described, "early_stop": True} if self.early_stop else described
 
     def state_bytes(self, shape: tuple[int, ...], element_size: int = 4) -> int:
         """Five perturbation-sized tensors: the iterate, the previous one (momentum), the best one and its
@@ -100,6 +107,7 @@ class APGD(Attack):
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:
         clean_fooled, _ = self._outcome(x, y, targeted)
+        x0 = x
         box = box_bounds(x, self.eps) if self.norm == "linf" else None
         scratch = torch.empty_like(x)
         current = self._start(x, restart)
@@ -108,6 +116,7 @@ class APGD(Attack):
         adversarial = current.clone()
         schedule = APGDSchedule(self.steps, STEP_FACTOR * self.eps, loss, (current, grad), self.rho)
         previous, trial = torch.empty_like(x), torch.empty_like(x)
+        shrinking = Shrinking()
         for step in range(1, self.steps + 1):
             torch.addcmul(current, normalize_per_sample(grad, self.norm), schedule.step_size(x), out=trial)
             project_(trial, x, self.eps, self.norm, scratch, box)  # z^(k+1)
@@ -122,9 +131,25 @@ class APGD(Attack):
             torch.where(now.view(-1, 1, 1, 1), current, adversarial, out=adversarial)
             fooled |= now
             current, grad = schedule.update(step, loss, (current, grad))
+            if self.early_stop and step < self.steps and compacts(step, EVERY):
+                done = fooled | clean_fooled
+                keep = shrinking.shrink(done, torch.where(clean_fooled.view(-1, 1, 1, 1), x, adversarial))
+                if keep is not None:
+                    x, y, clean_fooled, fooled, current, previous, grad, adversarial = (
+                        t[keep] for t in (x, y, clean_fooled, fooled, current, previous, grad, adversarial))
+                    box = None if box is None else (box[0][keep], box[1][keep])
+                    scratch, trial = torch.empty_like(x), torch.empty_like(x)
+                    schedule.keep(keep)
+                    self._keep(keep)
+                    if not keep.numel():
+                        break
         best = torch.where(fooled.view(-1, 1, 1, 1), adversarial, schedule.best[0])
-        result = torch.where(clean_fooled.view(-1, 1, 1, 1), x, best)
-        return self._fit(torch.sub(result, x, out=scratch), x)
+        (result,) = shrinking.complete(torch.where(clean_fooled.view(-1, 1, 1, 1), x, best))
+        return self._fit(result - x0, x0)
+
+    def _keep(self, rows: torch.Tensor) -> None:
+        """Hook of the early stop: the run goes on with the samples ``rows`` of its batch only (a subclass with
+        per-sample state of its own indexes it here)."""
 
     def _evaluate(self, point: torch.Tensor, y: torch.Tensor, targeted: bool):
         """Logits, objective and its gradient at ``point`` (which ends with ``requires_grad`` off, so the

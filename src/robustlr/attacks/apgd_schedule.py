@@ -152,6 +152,14 @@ class APGDSchedule:
         self._increases.zero_()
         return tuple(state)
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Go on with the samples ``rows`` (indices into the batch) only: every per-sample tensor is indexed,
+        so each kept sample's schedule continues unchanged (the early stop, :mod:`robustlr.attacks.early_stop`)."""
+        self.eta, self.best_loss, self._last_loss, self._increases, self._checkpoint_loss, self._halved = (
+            t[rows] for t in (self.eta, self.best_loss, self._last_loss, self._increases, self._checkpoint_loss,
+                              self._halved))
+        self.best = tuple(t[rows] for t in self.best)
+
     @staticmethod
     def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A per-sample mask shaped to broadcast against ``like``."""

@@ -13,6 +13,9 @@ with ``restarts`` random starts per target.  Per sample the result is that of th
 that fools the model; a sample no run fools gets the first run's result (target 2, first start).  Every run
 attacks the whole batch (no host read decides which samples are left), so a call costs
 ``1 + n_targets · restarts · (steps + 3)`` forward and ``n_targets · restarts · (steps + 1)`` backward passes.
+With ``early_stop=True`` (:mod:`robustlr.attacks.early_stop`) a run attacks only the samples no earlier run
+fooled (one host read per run, as the reference code does) and drops those it fools as it goes: the same samples
+are fooled, with less work.
 
 Call convention: ``atk(x, y)`` with the true labels, as the reference ``APGDAttack_targeted``;
 ``targeted=True`` is refused (the attack chooses its own targets).
@@ -27,6 +30,7 @@ from torch import nn
 
 from ..checks import check_int
 from .apgd import APGD
+from .early_stop import pending
 
 __all__ = ["APGDT"]
 
@@ -44,6 +48,7 @@ class APGDT(APGD):
         rho: ``ρ ∈ (0, 1]`` of the step-size schedule.
         seed: seed of the random starts.
         loss_scale: factor of the objective before differentiation (see :class:`Attack`).
+        early_stop: attack only the samples still unfooled, and drop those that fall (module docstring).
     """
 
     name = "apgd-t"
@@ -60,8 +65,10 @@ class APGDT(APGD):
         seed: int | None = None,
         *,
         loss_scale: float | None = None,
+        early_stop: bool = False,
     ) -> None:
-        super().__init__(model, eps, norm, steps, "dlr", restarts, rho, seed, loss_scale=loss_scale)
+        super().__init__(model, eps, norm, steps, "dlr", restarts, rho, seed, loss_scale=loss_scale,
+                         early_stop=early_stop)
         self.n_target_classes = check_int("n_target_classes", n_target_classes, 1)
         self._target: torch.Tensor | None = None
 
@@ -95,19 +102,30 @@ class APGDT(APGD):
                              f"z_π1 − (z_π3 + z_π4)/2), the model has {classes}")
         count = min(self.n_target_classes, classes - 1)
         targets = clean.scatter(1, y[:, None], float("-inf")).topk(count, dim=1).indices
-        best, best_fooled = None, None
+        every = torch.arange(len(y), device=y.device)
         try:
-            for rank in range(count):
-                self._target = targets[:, rank]
-                for restart in range(self.restarts):
-                    cand = self._run(x, y, False, rank * self.restarts + restart)
-                    fooled, _ = self._outcome(cand, y, False)
-                    if best is None:
-                        best, best_fooled = cand, fooled
-                        continue
-                    take = fooled & ~best_fooled
-                    best = torch.where(take.view(-1, 1, 1, 1), cand, best)
-                    best_fooled |= fooled
+            best, best_fooled = self._targeted_run(x, y, targets[:, 0], 0)  # the result where no run fools
+            for index in range(1, count * self.restarts):  # target index // restarts, restart index % restarts
+                rows = pending(best_fooled) if self.early_stop else every
+                if rows is None:
+                    break
+                with self._subset(rows):
+                    cand, fooled = self._targeted_run(x[rows], y[rows], targets[rows, index // self.restarts], index)
+                take = fooled & ~best_fooled[rows]
+                best[rows] = torch.where(take.view(-1, 1, 1, 1), cand, best[rows])
+                best_fooled[rows] |= fooled
         finally:
             self._target = None
         return best
+
+    def _targeted_run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor,
+                      index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``index`` (its random start) toward ``target``: its result and where it fools the model."""
+        self._target = target
+        cand = self._run(x, y, False, index)
+        self._target = target  # the early stop narrowed it to the samples left
+        fooled, _ = self._outcome(cand, y, False)
+        return cand, fooled
+
+    def _keep(self, rows: torch.Tensor) -> None:
+        self._target = self._target[rows]  # type: ignore[index]

@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -181,6 +183,7 @@ class Attack(ABC):
             "the objective is scaled in it")
         self._key_source: torch.Tensor | None = None
         self._noise_source: Noise | None = None
+        self._rows: torch.Tensor | None = None
         self._scale = 1.0
         self._max_label = 0
         self._precision: Precision | None = None
@@ -218,6 +221,7 @@ class Attack(ABC):
         finally:
             self._key_source = None
             self._noise_source = None
+            self._rows = None
             self._precision = None
 
     def _check_call(self, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -350,11 +354,23 @@ class Attack(ABC):
             if self._key_source is None:
                 raise RuntimeError("Attack._noise is only available during an attack call")
             self._noise_source = Noise(sample_keys(self._key_source), self.seed)
+        source = self._noise_source if self._rows is None else Noise(self._noise_source.keys[self._rows], self.seed)
         layout = torch.contiguous_format
         if like.dim() == 4 and tuple(shape) == tuple(like.shape[1:]) and \
                 like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
             layout = torch.channels_last
-        return self._noise_source.draw(kind, tuple(shape), restart, purpose, layout).to(like.dtype)
+        return source.draw(kind, tuple(shape), restart, purpose, layout).to(like.dtype)
+
+    @contextmanager
+    def _subset(self, rows: torch.Tensor) -> Iterator[None]:
+        """Within the block the attack works on the call's samples ``rows`` (indices into the call's batch):
+        :meth:`_noise` draws theirs, so a sample's draws stay those of the sample, whatever it is batched with."""
+        outer = self._rows
+        self._rows = rows if outer is None else outer[rows]
+        try:
+            yield
+        finally:
+            self._rows = outer
 
     # ------------------------------------------------------------------ internals
     def _best_of_restarts(self, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:

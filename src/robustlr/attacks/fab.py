@@ -42,7 +42,8 @@ Hyper-parameters (the paper's and AutoAttack's): ``α_max = 0.1``, ``η = 1.05``
 in AutoAttack: 9 target classes, 1 restart.
 
 Host round trips: the input check, then one read per target of how many points are still unbroken (only
-those are attacked, as AutoAttack does); the steps read nothing.
+those are attacked, as AutoAttack does); the steps read nothing, but with ``early_stop=True``, which reads how
+many points are left at each compaction (:func:`~robustlr.attacks.early_stop.compacts`).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..checks import check_int, check_number
+from ..checks import check_flag, check_int, check_number
 from .base import Attack
+from .early_stop import EVERY, Shrinking, compacts, pending
 from .projections import TINY, hyperplane_box_step, hyperplane_distance, per_sample_norm
 
 __all__ = ["FAB"]
@@ -82,6 +84,9 @@ class FAB(Attack):
         beta: backward step ``β ∈ (0, 1)`` towards the clean image after a success.
         loss_scale: factor of the logit difference before differentiation (float16 models; see
             :class:`Attack`); FAB's steps do not depend on it.
+        early_stop: drop a point from the batch once an adversarial example within ε of it is found
+            (:mod:`robustlr.attacks.early_stop`): the same points are broken, with less work; a broken point's
+            result is then the least-norm one found by the time it was dropped, not by the last step.
     """
 
     name = "fab"
@@ -101,9 +106,11 @@ class FAB(Attack):
         eta: float = 1.05,
         beta: float = 0.9,
         loss_scale: float | None = None,
+        early_stop: bool = False,
     ) -> None:
         super().__init__(model, eps, norm, restarts=restarts, seed=seed, loss_scale=loss_scale)
         self.steps = check_int("steps", steps, 1)
+        self.early_stop = check_flag("early_stop", early_stop)
         if not isinstance(targeted, bool):
             raise ValueError(f"targeted must be True (FAB-T) or False (untargeted FAB), got {targeted!r}")
         self.targeted = targeted
@@ -132,7 +139,7 @@ class FAB(Attack):
         described = {key: value for key, value in super()._describe().items() if key != "loss"}
         return {**described, "steps": self.steps, "targeted": self.targeted,
                 "n_target_classes": self.n_target_classes, "alpha_max": self.alpha_max, "eta": self.eta,
-                "beta": self.beta}
+                "beta": self.beta, **({"early_stop": True} if self.early_stop else {})}
 
     def state_bytes(self, shape: tuple[int, ...], element_size: int = 4) -> int:
         """The iterate and the best point so far: two tensors of the batch's shape."""
@@ -155,7 +162,7 @@ class FAB(Attack):
             goals = [None]
         x_adv = x.clone()
         for index, goal in enumerate(goals):
-            rows = _pending(broken)
+            rows = pending(broken)
             if rows is None:
                 break
             start = x if restart == 0 else self._start(x, restart, f"start/target {index}")
@@ -176,11 +183,19 @@ class FAB(Attack):
         """``steps`` FAB steps from ``start`` (see the module docstring); returns the least-norm misclassified
         point found (``x0`` where none) and whether it lies within ε of ``x0``."""
         view = (-1,) + (1,) * (x0.dim() - 1)
-        n = x0.shape[0]
         x1 = start.clone()
         best = x0.clone()
-        best_norm = torch.full((n,), float("inf"), dtype=x0.dtype, device=x0.device)
-        for _ in range(self.steps):
+        best_norm = torch.full((x0.shape[0],), float("inf"), dtype=x0.dtype, device=x0.device)
+        shrinking = Shrinking()
+        for step in range(self.steps):
+            if self.early_stop and step and compacts(step, EVERY):
+                keep = shrinking.shrink(best_norm <= self.eps, best, best_norm)
+                if keep is not None:
+                    x0, y, x1, best, best_norm = (t[keep] for t in (x0, y, x1, best, best_norm))
+                    goal = None if goal is None else goal[keep]
+                    if not keep.numel():
+                        break
+            n = x0.shape[0]
             gap, normal = self._linearise(x1, y, goal)
             with torch.no_grad():
                 offset = (normal * x1).sum(dim=tuple(range(1, x1.dim()))) - gap
@@ -195,6 +210,7 @@ class FAB(Attack):
                 best = torch.where(better.view(view), x1, best)
                 best_norm = torch.where(better, dist, best_norm)
                 x1 = torch.where(fooled.view(view), x0 + self.beta * (x1 - x0), x1)
+        best, best_norm = shrinking.complete(best, best_norm)
         return best, best_norm <= self.eps
 
     def _linearise(self, x1: torch.Tensor, y: torch.Tensor,
@@ -219,13 +235,3 @@ class FAB(Attack):
         nearest = dist.scatter(1, y[:, None], float("inf")).argmin(dim=1)
         return gaps[rows, nearest], normals[rows, nearest]
 
-
-def _pending(broken: torch.Tensor) -> torch.Tensor | None:
-    """The indices of the points not yet broken (one host read: their number), or ``None`` if there are none.
-
-    A stable sort puts them first in order, without the data-dependent output shape of ``nonzero`` (which
-    would wait for the device a second time)."""
-    count = int((~broken).sum())
-    if count == 0:
-        return None
-    return torch.argsort(broken.to(torch.uint8), stable=True)[:count]

@@ -72,6 +72,7 @@ from torch import nn
 
 from ..checks import check_int, check_number
 from .base import Attack
+from .early_stop import compacts
 from .projections import TINY, box_bounds, clip_unit, normalize_per_sample, per_sample_norm
 
 __all__ = ["COMPACT_EVERY", "QUERY_BLOCK", "Square", "l2_pattern", "square_fraction", "square_side"]
@@ -200,7 +201,7 @@ class Square(Attack):
     def _compacts(self, query: int) -> bool:
         """Whether the batch is compacted (one host read) before ``query``: at 0, at the powers of two below
         ``compact_every`` and at its multiples."""
-        return query % self.compact_every == 0 or (query < self.compact_every and query & (query - 1) == 0)
+        return compacts(query, self.compact_every)
 
     # ------------------------------------------------------------------ the search
     def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:

@@ -12,7 +12,8 @@ suite            attacks, in the order the cascade runs them, at every ε of the
 
 ``<n>`` is the suite's threat model, ``norm="linf"`` or ``"l2"``; the attacks are the registry's
 (:mod:`robustlr.attacks.registry`) with its defaults, seed 0.  A suite runs as a cascade (each attack only on the
-points still robust), which gives the same worst case as running every attack on every point, faster.  The
+points still robust), which gives the same worst case as running every attack on every point, faster; for the
+same reason its APGD, APGD-T and FAB stop early on the points they break (:mod:`robustlr.attacks.early_stop`).  The
 ``fast`` suite has no gradient-free attack: its number is an upper bound like PGD's, and the evaluation says so.
 :func:`suite_attacks` builds a suite with other steps, restarts, queries, ranks or seed.
 """
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from ..attacks.projections import NORMS
-from ..attacks.registry import RANKED_ATTACKS, build_attack, normed_name
+from ..attacks.registry import EARLY_STOPPING, RANKED_ATTACKS, attack_family, build_attack, normed_name
 from .specs import AttackFn, AttackSpec, at_eps
 
 __all__ = ["SUITES", "FAST_RANK", "suite_names", "suite_attacks", "with_suite"]
@@ -73,7 +74,8 @@ def suite_attacks(
         for rank in (ranks if name in RANKED_ATTACKS else [None]):
             def factory(eps: float, name: str = name, rank: int | float | None = rank) -> AttackFn:
                 return build_attack(name, model, eps, rank=rank, steps=steps, restarts=restarts,
-                                    queries=queries if name.startswith("square") else None, seed=seed)
+                                    queries=queries if name.startswith("square") else None, seed=seed,
+                                    early_stop=attack_family(name) in EARLY_STOPPING)
 
             factory(1.0)
             specs[name if rank is None else f"{name} r={rank}"] = at_eps(factory)
