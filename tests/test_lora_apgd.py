@@ -204,3 +204,18 @@ def test_rank_larger_than_the_image_is_refused_at_the_call():
     x, y = _tiny_batch(2)
     with pytest.raises(ValueError, match="rank"):
         LoRaAPGD(_TINY, 1.0, rank=9, steps=2)(x, y)
+
+
+def test_the_registry_builds_it_by_name_with_apgds_100_steps():
+    from robustlr.attacks import ATTACK_NAMES, RANKED_ATTACKS, attack_norm, build_attack
+
+    for name, norm in (("lora-apgd", "l2"), ("lora-apgd-linf", "linf")):
+        assert name in ATTACK_NAMES and name in RANKED_ATTACKS and attack_norm(name) == norm
+        atk = build_attack(name, _TINY, 0.5, rank=2)
+        assert type(atk) is LoRaAPGD and atk.norm == norm and atk.steps == 100 and atk.rank == 2
+        assert build_attack(name, _TINY, 0.5, rank=0.25, steps=7, restarts=2).steps == 7
+        with pytest.raises(ValueError, match=f"attack '{name}' needs a rank"):
+            build_attack(name, _TINY, 0.5)
+    x, y = _tiny_batch(3)
+    assert torch.equal(build_attack("lora-apgd", _TINY, 0.5, rank=2, steps=5, seed=4)(x, y),
+                       LoRaAPGD(_TINY, 0.5, rank=2, steps=5, seed=4)(x, y))

@@ -164,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="attack steps, also of the robust validation with --adv (default: each attack's own, 10 for "
                         "PGD)")
     g.add_argument("--attack-rank", type=rank_value, default=None, metavar="R",
-                   help="rank of the low-rank attacks (lora-pgd, rank-pgd): an int or a fraction of min(H, W)")
+                   help="rank of the low-rank attacks (lora-pgd, lora-apgd, rank-pgd): an int or a fraction of min(H, W)")
     g.add_argument("--eval-batch-size", type=integer(1), default=_DEFAULTS.eval_batch_size,
                    help="default: %(default)s")
     g.add_argument("--latency-batch", type=integer(1), default=_DEFAULTS.latency_batch,

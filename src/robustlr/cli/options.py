@@ -237,7 +237,7 @@ def add_attack_options(p: argparse.ArgumentParser, attacks: list[str]) -> None:
     g.add_argument("--rank", type=parse_ranks, nargs="+", action=_Collect, default=None,
                    help="ranks of the low-rank attacks: ints or fractions of min(H, W) (default: 0.1 0.3 0.5)")
     g.add_argument("--steps", type=integer(1), default=argparse.SUPPRESS,  # absent: each attack's own default
-                   help="attack steps (default: 10 for PGD and LoRa-PGD, AutoAttack's 100 for APGD, APGD-T and FAB-T; "
+                   help="attack steps (default: 10 for PGD and LoRa-PGD, AutoAttack's 100 for APGD, APGD-T, FAB-T and LoRa-APGD; "
                         "FGSM and Square take none)")
     g.add_argument("--restarts", type=integer(1), default=1,
                    help="attack restarts, best per sample; APGD-T and FAB-T: per target class (default: %(default)s)")
