@@ -53,7 +53,7 @@ def test_shrinking_writes_every_retired_row_once_in_place():
 
 ATTACKS = {
     "apgd-ce-linf": lambda m, stop: APGD(m, 0.05, "linf", steps=50, seed=0, early_stop=stop),
-    "apgd-ce-l2": lambda m, stop: APGD(m, 1.0, "l2", steps=50, seed=0, early_stop=stop),
+    "apgd-ce-l2": lambda m, stop: APGD(m, 1.0, "l2", steps=50, restarts=2, seed=0, early_stop=stop),
     "apgd-t-l2": lambda m, stop: APGDT(m, 1.0, "l2", steps=30, n_target_classes=3, restarts=2, seed=0,
                                        early_stop=stop),
     "fab-t-linf": lambda m, stop: FAB(m, 0.05, "linf", steps=30, n_target_classes=3, seed=0, early_stop=stop),
@@ -121,7 +121,8 @@ def test_the_autoattack_suite_stops_early_and_bad_input_is_refused():
     model = small_cnn(size=8, seed=0)
     specs = suite_attacks("autoattack", model, "l2")
     built = [spec.factory(0.5) for spec in specs.values()]
-    assert [getattr(atk, "early_stop", None) for atk in built] == [True, True, True, None]
+    assert [atk.early_stop for atk in built] == [True, True, True, True]
+    assert not APGD(model, 0.1).early_stop and not FAB(model, 0.1).early_stop
     assert "early_stop=True" in repr(built[0])
     with pytest.raises(ValueError, match="attack 'pgd-l2' has no early stop, got early_stop=True"):
         build_attack("pgd-l2", model, 0.5, early_stop=True)

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..checks import check_int, check_number, is_integer
 from ..modes import eval_mode
+from .early_stop import pending
 from .precision import WORK_DTYPE, Precision, check_budget
 from .projections import check_norm, fit_budget
 from .randomness import Noise, sample_keys
@@ -154,6 +155,9 @@ class Attack(ABC):
     """
 
     name: str = "attack"
+    early_stop: bool = False
+    """Whether the attack drops the samples it has fooled as it goes (:mod:`robustlr.attacks.early_stop`; set by
+    the attacks that offer it)."""
 
     def __init__(
         self,
@@ -374,17 +378,24 @@ class Attack(ABC):
 
     # ------------------------------------------------------------------ internals
     def _best_of_restarts(self, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+        """Per sample the first restart that fools the model, else the one of highest loss; with
+        :attr:`early_stop` a restart runs only on the samples no earlier one fooled (one host read each)."""
         best = self._run(x, y, targeted, 0)
         if self.restarts == 1:
             return best
         best_fooled, best_loss = self._outcome(best, y, targeted)
+        every = torch.arange(len(y), device=y.device)
         for restart in range(1, self.restarts):
-            cand = self._run(x, y, targeted, restart)
-            fooled, loss = self._outcome(cand, y, targeted)
-            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & ~best_fooled & (loss > best_loss))
-            best = torch.where(better[:, None, None, None], cand, best)
-            best_fooled = best_fooled | fooled
-            best_loss = torch.where(better, loss, best_loss)
+            rows = pending(best_fooled) if self.early_stop else every
+            if rows is None:
+                break
+            with self._subset(rows):
+                cand = self._run(x[rows], y[rows], targeted, restart)
+                fooled, loss = self._outcome(cand, y[rows], targeted)
+            better = ~best_fooled[rows] & (fooled | (loss > best_loss[rows]))
+            best[rows] = torch.where(better[:, None, None, None], cand, best[rows])
+            best_fooled[rows] |= fooled
+            best_loss[rows] = torch.where(better, loss, best_loss[rows])
         return best
 
     def _outcome(self, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -125,7 +125,7 @@ def build_attack(
         raise ValueError(f"attack {name!r} takes no queries (only square-linf / square-l2 do), got queries={queries!r}")
     if check_flag("early_stop", early_stop) and family not in EARLY_STOPPING:
         raise ValueError(f"attack {name!r} has no early stop, got early_stop=True; attacks with one: "
-                         f"{', '.join(f'{f}-*' for f in EARLY_STOPPING)}")
+                         f"{', '.join(f'{f}-*' for f in EARLY_STOPPING)} (square-* always stops early)")
     common = {"seed": seed, "loss_scale": loss_scale}
     stops = {"early_stop": early_stop}
     if family in ("fgsm", "fgm"):

@@ -168,6 +168,7 @@ class Square(Attack):
     """
 
     name = "square"
+    early_stop = True  # a restart drops the samples it fools (module docstring); restarts skip those fooled before
 
     def __init__(
         self,
