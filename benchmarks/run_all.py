@@ -7,7 +7,8 @@ Sections: the attacks against torchattacks and the forward+backward floor (``att
 its users' scale (``attacks.preact_vs_torchattacks``, ``attacks.amp_floor`` on PreActResNet-18 and ResNet-50 at
 224 under bf16 autocast), host round trips per attack call and per training step (``attacks.attack_syncs``,
 ``train.step_syncs``), the engine's own overhead with a near-zero-cost model (``engine``), the CondLR step against
-SGD's (``condlr_step``), and training and inference of low-rank models (``train``).
+SGD's (``condlr_step``), training and inference of low-rank models (``train``), data loading (``data_loading``), and
+the AutoAttack suite against the original AutoAttack on the two LeNet5s of lorapgd-table (``suite``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import attacks
 import condlr_step
 import data_loading
 import engine
+import suite
 import train
 from common import device_name
 
@@ -50,6 +52,12 @@ GOALS = {
     "uint8_vs_float32_stored_bytes": "= 0.25",
     "uint8_vs_float32_peak_rss": "(reference)",
     "folder_workers2_vs_workers0_images_per_s": "(reference)",
+    "autoattack_points_ours_minus_theirs": "≤ +0.5",
+    "autoattack_time_ours_vs_theirs": "≤ 0.7",
+    "apgd_ce_time_ours_vs_theirs": "≤ 1.0",
+    "apgd_ce_points_ours_minus_theirs": "within ±1",
+    "lora_apgd_minus_lora_pgd_points_30_passes": "(reference)",
+    "lora_apgd_vs_lora_pgd_time": "(reference)",
 }
 
 def rows_of(section: str, results: dict) -> list[tuple[str, str, float, str]]:
@@ -92,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller batches (a smoke run)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 avoids oversubscription on a loaded machine")
+    parser.add_argument("--suite-n", type=int, default=None,
+                        help="test images of the AutoAttack rows (default 100, --quick 20; 0 skips them); the first "
+                             "run trains the two LeNet5s of lorapgd-table, about 20 minutes on one CPU thread")
     args = parser.parse_args(argv)
+    if args.suite_n is None:
+        args.suite_n = 20 if args.quick else 100
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -128,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     extras.append(f"CondLR epoch {tr['condlr_epoch_seconds']:.2f} s vs dense {tr['dense_epoch_seconds']:.2f} s; "
                   f"VGG16 inference low-rank {inf['vgg16_lowrank_seconds'] * 1000:.1f} ms vs dense {inf['vgg16_dense_seconds'] * 1000:.1f} ms")
 
+    for run_id, eps in (("pgd-l2", 1.0), ("standard", 1.0))[:1 if args.quick else 2] if args.suite_n else ():
+        aa = suite.run(args.suite_n, eps, suite.MODELS, device, 1 if args.quick else 3, 500, run_id,
+                       suite_only=run_id == "standard")
+        rows += rows_of(f"AutoAttack vs pyautoattack (standard version), LeNet5 {run_id}, L2 ε = {eps:g}, "
+                        f"{args.suite_n} Fashion-MNIST test images", aa)
+        extras.append(f"AutoAttack, LeNet5 {run_id}, L2 ε = {eps:g}: robust accuracy ours "
+                      f"{aa['autoattack_robust_ours']:.4f} in {aa['autoattack_seconds_ours']:.1f} s, pyautoattack "
+                      f"{aa['autoattack_robust_theirs']:.4f} in {aa['autoattack_seconds_theirs']:.1f} s (clean "
+                      f"{aa['clean_accuracy']:.4f})")
     loading, loading_extras = data_loading.run_all_rows(args.quick)
     rows += rows_of("data: CIFAR-shaped split in memory; JPEG folder, 224×224 evaluation view", loading)
     extras += loading_extras
