@@ -152,29 +152,22 @@ def fit_budget(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str, dtyp
     at ε = 0.1 reached 0.1035 in bfloat16).  Here ``δ`` is projected onto the ball of the largest radius of
     the working dtype that is ``≤ ε``, and every entry of ``x + δ`` is rounded *toward* ``x``
     (:func:`_round_toward`), so ``|x_adv_i − x_i| ≤ |δ_i|`` entry-wise and no norm grows.  For L2 the
-    float32 projection is accurate to a few ulps only; one correction step scales the samples whose
-    measured norm is within :data:`_L2_MARGIN` of the radius (or above it) onto ``(1 − margin)·radius``.
+    float32 projection is accurate to a few ulps only, so its radius is ``(1 − margin)·radius`` with the
+    margin :data:`_L2_MARGIN` above those ulps: the exact norm of ``x_adv − x`` is then at most
+    ``(1 − margin)(1 + few ulps)·radius < radius``, and so is a float32 or float64 measurement of it.
     """
     check_norm(norm)
     if delta.dtype != x.dtype or delta.shape != x.shape:
         raise ValueError(f"delta and x must have the same shape and dtype, got {tuple(delta.shape)} {delta.dtype} "
                          f"and {tuple(x.shape)} {x.dtype}")
     radius = _radius_below(eps, delta.dtype)
-    delta = project_ball(delta, radius, norm)
-    x_adv = _round_toward(x, delta, dtype)
-    if norm == "linf":
-        return x_adv
-    target = radius * (1 - _L2_MARGIN)
-    measured = per_sample_norm(x_adv.to(x.dtype) - x, "l2")
-    shrink = torch.where(measured > target, target / measured, torch.ones_like(measured))
-    return _round_toward(x, delta * _view(delta, shrink), dtype)  # shrink = 1 rounds δ again, to the same x_adv
+    return _round_toward(x, project_ball(delta, radius if norm == "linf" else radius * (1 - _L2_MARGIN), norm), dtype)
 
 
 _L2_MARGIN = 2.0**-20
-"""Relative margin of the L2 correction step: the samples measured above ``(1 − margin)·radius`` are scaled
-onto that radius.  It exceeds the error of a float32 norm (a few ulps of 2⁻²⁴), so the result is inside the
-ball also when measured in float64, and stays below 1e-6, so a float32 result moves by less than 1e-6 per
-entry."""
+"""Relative margin of the L2 budget of :func:`fit_budget`: δ is projected onto ``(1 − margin)·radius``.  It
+exceeds the error of a float32 norm and of the rescaling (a few ulps of 2⁻²⁴), so the result is inside the ball
+also when measured in float64, and stays below 1e-6, so a float32 result moves by less than 1e-6 per entry."""
 
 
 _HOST_FLOATS = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
