@@ -55,6 +55,7 @@ GOALS = {
     "autoattack_points_ours_minus_theirs": "≤ +0.5",
     "autoattack_time_ours_vs_theirs": "≤ 0.7",
     "apgd_ce_time_ours_vs_theirs": "≤ 1.0",
+    "apgd_ce_early_stop_time_ours_vs_theirs": "(reference)",
     "apgd_ce_points_ours_minus_theirs": "within ±1",
     "lora_apgd_minus_lora_pgd_points_30_passes": "(reference)",
     "lora_apgd_vs_lora_pgd_time": "(reference)",

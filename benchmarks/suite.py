@@ -5,6 +5,7 @@ On one model, the same test images and one L2 ε, in one run (:func:`run`):
   (a) robust accuracy of ``evaluate(suite="autoattack")`` − pyautoattack's standard AutoAttack, points  goal ≤ +0.5
   (b) time of ours / theirs (the whole evaluation call each)                                          goal ≤ 0.7
   (c) APGD-CE, 100 steps, on the clean-correct images: our time / ``APGDAttack``'s                    goal ≤ 1.0
+      (and with ``early_stop=True``, as the suite runs it: reference)
   (d) APGD-CE robust accuracy, ours − theirs, points                                                 goal within ±1
   (e) LoRa-APGD − LoRa-PGD robust accuracy (points) and time ratio at 30 passes, rank 3              (reference)
 
@@ -99,14 +100,20 @@ def apgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, re
         keep = model(x).argmax(dim=1) == y
     x, y = x[keep], y[keep]
     ours = APGD(model, eps, "l2", steps=100, loss="ce", seed=0)
+    early = APGD(model, eps, "l2", steps=100, loss="ce", seed=0, early_stop=True)  # as the suite runs it
     peer = APGDAttack(model, n_iter=100, norm="L2", n_restarts=1, eps=eps, seed=0, loss="ce", rho=0.75,
                       device=x.device)
     out: dict[str, torch.Tensor] = {}
     t = interleaved_times({"ours": lambda: out.__setitem__("ours", ours(x, y)),
+                           "early": lambda: out.__setitem__("early", early(x, y)),
                            "theirs": lambda: out.__setitem__("theirs", peer.perturb(x, y))}, x.device, repeats)
     ra_ours, ra_peer = robust(model, out["ours"], x, y), robust(model, out["theirs"], x, y)
+    if robust(model, out["early"], x, y) != ra_ours:
+        print("  note: APGD-CE with early_stop left a different robust accuracy "
+              f"({robust(model, out['early'], x, y):.4f} vs {ra_ours:.4f})")
     share = int(keep.sum()) / len(keep)  # robust accuracy over all of x, as the suite counts it
     return {"apgd_ce_time_ours_vs_theirs": t["ours"] / t["theirs"],
+            "apgd_ce_early_stop_time_ours_vs_theirs": t["early"] / t["theirs"],
             "apgd_ce_points_ours_minus_theirs": 100 * share * (ra_ours - ra_peer),
             "apgd_ce_seconds_ours": t["ours"], "apgd_ce_seconds_theirs": t["theirs"], "apgd_ce_points": int(keep.sum())}
 
