@@ -130,3 +130,25 @@ def test_the_autoattack_suite_stops_early_and_bad_input_is_refused():
                  lambda: build_attack("apgd-ce-l2", model, 0.5, early_stop=None)):
         with pytest.raises(ValueError, match="early_stop must be True or False, got"):
             make()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_keep_their_dtype_budget_and_fooled_set(dtype):
+    """A half-precision model and batch: the early stop returns the input dtype, within ε in it, and fools the
+    images the full run fools (up to one near-tie)."""
+    model = small_cnn(size=8, seed=0).to(dtype)
+    x = torch.rand(48, 1, 8, 8, generator=torch.Generator().manual_seed(2)).to(dtype)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    for make in (lambda stop: APGD(model, 0.5, "l2", steps=20, seed=0, early_stop=stop),
+                 lambda stop: APGDT(model, 0.05, "linf", steps=10, n_target_classes=2, seed=0, early_stop=stop),
+                 lambda stop: FAB(model, 0.5, "l2", steps=10, n_target_classes=2, seed=0, early_stop=stop)):
+        full, early = make(False)(x, y), make(True)(x, y)
+        assert early.dtype == dtype and torch.isfinite(early).all()
+        with torch.no_grad():
+            fooled = [model(adv).argmax(dim=1) != y for adv in (full, early)]
+        assert int(fooled[0].sum()) >= 5 and int((fooled[0] != fooled[1]).sum()) <= 1
+        delta = (early.double() - x.double()).flatten(1)
+        eps = make(True).eps
+        norms = delta.abs().amax(dim=1) if make(True).norm == "linf" else delta.norm(dim=1)
+        assert (norms <= eps).all()

@@ -18,6 +18,10 @@ Result, per sample, as the reference code (fra31/auto-attack ``autopgd_base.py``
 image when the model already gets it wrong; else the latest iterate that fooled the model; else the iterate
 of highest loss.  Restarts (:class:`~robustlr.attacks.base.Attack`) keep the first that fools.
 
+With float16/bfloat16 images the model is evaluated at each iterate as it would be returned (rounded to their
+dtype toward ``x``, within ε; the gradient passes straight through), so a kept fooling iterate fools the model
+as returned.
+
 The loss is ``"ce"`` (APGD-CE), ``"dlr"`` (APGD-DLR, :func:`~robustlr.attacks.base.dlr_loss`) or
 ``"margin"``.
 """
@@ -111,7 +115,7 @@ class APGD(Attack):
         box = box_bounds(x, self.eps) if self.norm == "linf" else None
         scratch = torch.empty_like(x)
         current = self._start(x, restart)
-        logits, loss, grad = self._evaluate(current, y, targeted)
+        logits, loss, grad = self._evaluate(current, x, y, targeted)
         fooled = self._fooled(logits, y, targeted)
         adversarial = current.clone()
         schedule = APGDSchedule(self.steps, STEP_FACTOR * self.eps, loss, (current, grad), self.rho)
@@ -126,7 +130,7 @@ class APGD(Attack):
                 previous.sub_(current).mul_(MOMENTUM - 1.0).add_(trial.sub_(current), alpha=MOMENTUM).add_(current)
                 project_(previous, x, self.eps, self.norm, scratch, box)
                 previous, current = current, previous
-            logits, loss, grad = self._evaluate(current, y, targeted)
+            logits, loss, grad = self._evaluate(current, x, y, targeted)
             now = self._fooled(logits, y, targeted)
             torch.where(now.view(-1, 1, 1, 1), current, adversarial, out=adversarial)
             fooled |= now
@@ -151,10 +155,12 @@ class APGD(Attack):
         """Hook of the early stop: the run goes on with the samples ``rows`` of its batch only (a subclass with
         per-sample state of its own indexes it here)."""
 
-    def _evaluate(self, point: torch.Tensor, y: torch.Tensor, targeted: bool):
-        """Logits, objective and its gradient at ``point`` (which ends with ``requires_grad`` off, so the
-        loop may update it in place)."""
+    def _evaluate(self, point: torch.Tensor, x: torch.Tensor, y: torch.Tensor, targeted: bool):
+        """Logits, objective and its gradient at ``point`` as the attack would return it (:meth:`_as_returned`:
+        for half-precision images, the image in their dtype within the budget; the gradient flows straight
+        through), so that the iterates kept for fooling the model fool it as returned.  ``point`` ends with
+        ``requires_grad`` off, so the loop may update it in place."""
         point.requires_grad_(True)
-        logits, loss, (grad,) = self._logits_loss_and_grad(point, y, targeted)
+        logits, loss, (grad,) = self._logits_loss_and_grad(self._as_returned(point, x), y, targeted, [point])
         point.requires_grad_(False)
         return logits, loss, grad

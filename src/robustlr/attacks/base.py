@@ -279,6 +279,24 @@ class Attack(ABC):
             out = out.to(torch.promote_types(out.dtype, precision.work_dtype))
         return out
 
+    def _representable(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (working dtype) rounded to the nearest values of the call's input dtype: the image the model
+        is fed, and one the attack can return as it is (no-op when the two dtypes agree)."""
+        precision = self._precision
+        if precision is None or precision.input_dtype == t.dtype:
+            return t
+        return t.to(precision.input_dtype).to(t.dtype)
+
+    def _as_returned(self, point: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The image the attack returns for the iterate ``point`` of clean images ``x`` (:meth:`_fit`), in the
+        working dtype, with the identity's gradient (straight through); ``point`` itself when the images are in
+        the working dtype (the two then differ by an ulp of float32 at most)."""
+        precision = self._precision
+        if precision is None or precision.input_dtype == point.dtype:
+            return point
+        returned = self._fit(point.detach() - x, x).to(point.dtype)
+        return returned + (point - point.detach())  # the value of returned exactly (+ 0), the gradient of point
+
     def _fit(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The final images ``clip_[0,1](x + δ)`` of a restart, in the input dtype, with ``‖x_adv − x‖ ≤ ε``
         held in that dtype (:func:`~robustlr.attacks.projections.fit_budget`); ``delta`` and ``x`` are in

@@ -17,6 +17,11 @@ iterate ``x₁`` (``x₀`` the clean image, ``y`` its label, ``t`` the class att
 4. if the model now misclassifies ``x₁``: keep it per sample when ``‖x₁ − x₀‖`` is the smallest so far, and
    step back towards the clean image, ``x₁ ← x₀ + β(x₁ − x₀)``.
 
+With half-precision images the new ``x₁`` is rounded to their dtype before the check (the arithmetic is in
+float32): FAB's points lie just across the boundary, and a float32 point that fools the model could stop fooling
+it once rounded to the image it is returned as (without this, a small CNN in bfloat16 at L2: 6 of the 30 points
+found within ε still fooled it as returned; tests/test_attacks_precision.py).
+
 Each step costs one forward and one backward (untargeted: one backward per class), plus the forward that
 checks the new iterate.  Only the gradient's direction enters (the projections are invariant to a positive
 factor of ``w`` and ``b``), so FAB is not fooled by a model whose softmax saturates or whose gradient is
@@ -204,6 +209,7 @@ class FAB(Attack):
                 lengths = per_sample_norm(both, self.norm).clamp_(min=_NORM_FLOOR)
                 alpha = (lengths[:n] / (lengths[:n] + lengths[n:])).clamp_(max=self.alpha_max).view(view)
                 x1 = ((x1 + self.eta * both[:n]) * (1 - alpha) + (x0 + self.eta * both[n:]) * alpha).clamp_(0.0, 1.0)
+                x1 = self._representable(x1)  # what is checked is what is returned (half-precision inputs)
                 fooled = self._logits(x1).argmax(dim=1) != y
                 dist = per_sample_norm(x1 - x0, self.norm)
                 better = fooled & (dist < best_norm)

@@ -55,6 +55,10 @@ tests' small CNN, 1000 queries, L∞ ε = 0.05 / L2 ε = 1), images evaluated be
 (86 679 / 100 675): ``K`` = 10: +0.4 / +0.3 %, 50: +1.6 / +1.4 %, 100: +3.0 / +2.1 %, 200: +4.3 / +2.8 %,
 500: +8.8 / +5.7 %; every 100th query alone, without the powers of two: +7.5 / +4.9 %.
 
+**Half precision.**  With float16/bfloat16 images every candidate is evaluated as the image it would be returned
+as (:meth:`~robustlr.attacks.base.Attack._as_returned`: rounded to their dtype toward ``x``, within ε), so a
+candidate that fools the model is returned fooling it.
+
 **Randomness** (:meth:`~robustlr.attacks.base.Attack._noise`, batch-independent): the start from purpose
 ``"start/…"``; the queries in blocks of :data:`QUERY_BLOCK` queries, one ``(N, QUERY_BLOCK, F)`` draw of
 uniforms per block (``F = 2 + C`` for L∞: row, column, a sign per channel; ``F = 5 + C`` for L2: two
@@ -241,6 +245,7 @@ class Square(Attack):
                     if side not in patterns:
                         patterns[side] = l2_pattern(side).to(device=x.device, dtype=x.dtype)
                     cand = self._l2_candidate(xs, x_best, u, side, patterns[side])
+                cand = self._as_returned(cand, xs)  # half-precision images: the candidate as it would be returned
                 score = self._objective(self._logits(cand), ys, targeted)  # −m: > 0 once fooled
                 better = (best < 0) & (score > best)
                 best = torch.where(better, score, best)
