@@ -522,3 +522,14 @@ def test_cli_cascade_without_a_suite(checkpoint, tmp_path):
 def test_cli_suite_errors_are_one_line(argv, needle, tmp_path, capsys):
     line = cli_error([*argv, "--out", str(tmp_path / "o"), "--no-progress"], capsys)
     assert needle in line, line
+
+
+def test_a_cascade_left_robust_at_its_largest_eps_is_flagged_once(model, data):
+    """Without the cascade each attack that leaves the model robust at the largest ε is flagged; in a cascade the
+    stages report the accuracy after them, so the flag comes once, for the cascade as a whole."""
+    attacks = {"fgsm": at_eps(lambda e: FGSM(model, e, "linf")),
+               "pgd": at_eps(lambda e: PGD(model, e, "linf", steps=2, seed=0))}
+    for cascade, expected in ((False, ["'fgsm' leaves", "'pgd' leaves"]), (True, ["the cascade fgsm → pgd leaves"])):
+        result = quiet(model, data, attacks, [0.005, 0.01], cascade=cascade)
+        flagged = [w for w in result.warnings if "at its largest ε=0.01" in w]
+        assert [w[:len(e)] for w, e in zip(flagged, expected)] == expected and len(flagged) == len(expected)

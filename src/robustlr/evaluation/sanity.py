@@ -152,10 +152,17 @@ def attack_warnings(clean_accuracy: float, results: list[AttackResult]) -> list[
     """Robust accuracy rising with ε, accuracy left at the largest ε (per grid attack), gradient masking (per
     (ε, norm) group)."""
     messages = []
+    stages = {r.attack for r in results if r.stage is not None}
+    finals = {max(group, key=lambda r: r.stage).attack for _, group in budget_groups(results)
+              if all(r.stage is not None for r in group)}
     for name in dict.fromkeys(r.attack for r in results if r.kind == GRID):
         curve = sorted((r for r in results if r.attack == name and r.kind == GRID), key=lambda r: r.eps)
         messages += _monotonicity(name, curve)
-        messages += _large_eps(name, curve[-1], clean_accuracy)
+        if name not in stages:
+            messages += _large_eps(repr(name), curve[-1], clean_accuracy)
+        elif name in finals:  # a cascade's stages report the accuracy after them: one message, for the last
+            order = " → ".join(dict.fromkeys(r.attack for r in results if r.stage is not None))
+            messages += _large_eps(f"the cascade {order}", curve[-1], clean_accuracy)
     for eps, group in budget_groups(results):
         messages += _masking(eps, group)
     return messages
@@ -208,12 +215,13 @@ def _monotonicity(name: str, curve: list[AttackResult]) -> list[str]:
     ]
 
 
-def _large_eps(name: str, last: AttackResult, clean_accuracy: float) -> list[str]:
-    """A message if an accurate model keeps more than :data:`BROKEN_ROBUST` robust accuracy at the largest ε."""
+def _large_eps(label: str, last: AttackResult, clean_accuracy: float) -> list[str]:
+    """A message if an accurate model keeps more than :data:`BROKEN_ROBUST` robust accuracy at the largest ε
+    (``label``: the attack's quoted name, or the cascade's)."""
     if clean_accuracy <= UNDEFENDED_CLEAN or last.eps == 0 or last.robust_accuracy <= BROKEN_ROBUST:
         return []
     return [
-        f"{name!r} leaves {last.robust_accuracy:.4g} robust accuracy at its largest ε={last.eps:.4g} "
+        f"{label} leaves {last.robust_accuracy:.4g} robust accuracy at its largest ε={last.eps:.4g} "
         f"(clean accuracy {clean_accuracy:.4g}); if the model was not trained to be robust, an attack at a "
         f"large budget should bring it to at most {BROKEN_ROBUST:.0%}: this may indicate gradient masking or "
         "an ε grid that is too small (for an adversarially trained model it can be expected)"
