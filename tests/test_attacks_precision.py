@@ -190,8 +190,9 @@ def test_what_apgd_and_fab_count_as_fooled_is_what_they_return(dtype, norm, eps)
     """Half-precision images: APGD keeps iterates that fooled the model and FAB its least-norm fooling points;
     each is checked as the image it is returned as (rounded to the dtype toward x, within ε), so every image
     the attack saw fool the model fools it as returned (before: APGD lost 1-4 % of them, FAB-T L2 in bfloat16
-    returned 6 fooling images where it had found 30)."""
-    from robustlr.attacks import APGD, FAB
+    returned 6 fooling images where it had found 30).  LoRa-APGD keeps the factors that fooled the model in the
+    same way (before: it lost up to 15 % of them, bfloat16 L∞: 51 fooled as returned of 60 it had kept)."""
+    from robustlr.attacks import APGD, FAB, LoRaAPGD
 
     model = small_cnn(size=8, seed=0).to(dtype)
     x = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(2)).to(dtype)
@@ -201,17 +202,23 @@ def test_what_apgd_and_fab_count_as_fooled_is_what_they_return(dtype, norm, eps)
     seen: list[torch.Tensor] = []
     fooled_fn = apgd._fooled
     apgd._fooled = lambda logits, labels, targeted: seen.append(fooled_fn(logits, labels, targeted)) or seen[-1]
+    lora = LoRaAPGD(model, eps, rank=2, norm=norm, steps=20, seed=0)
+    lora_seen: list[torch.Tensor] = []
+    lora_fooled = lora._fooled
+    lora._fooled = lambda logits, labels, targeted: lora_seen.append(lora_fooled(logits, labels, targeted)) or \
+        lora_seen[-1]
     fab = FAB(model, eps, norm, steps=10, n_target_classes=2, seed=0)
     found: list[torch.Tensor] = []
     descend = fab._descend
     fab._descend = lambda *args: (lambda out: found.append(out[1]) or out)(descend(*args))
     for atk, claimed in ((apgd, lambda: torch.stack([s for s in seen if s.shape == y.shape]).any(0)),
+                         (lora, lambda: torch.stack([s.view(-1) for s in lora_seen]).any(0)),
                          (fab, lambda: torch.tensor(int(sum(int(f.sum()) for f in found))))):
         adv = atk(x, y)
         with torch.no_grad():
             fooled = model(adv).argmax(dim=1) != y
         assert int(fooled.sum()) >= 30
-        if atk is apgd:
-            assert bool((fooled >= claimed()).all())
+        if atk is not fab:
+            assert bool((fooled >= claimed()).all()), (atk.name, int(claimed().sum()), int(fooled.sum()))
         else:
             assert int(fooled.sum()) == int(claimed())

@@ -25,7 +25,9 @@ Start: LoRa-PGD's ``"lora"`` init (``U₀`` Gaussian with ``‖U₀‖_F = 1``, 
 start point is the clean image and its evaluation doubles as the clean check.  Result, per sample, as APGD
 returns it: the clean image (zero factors) when the model already gets it wrong; else the latest factors that
 fooled the model; else the factors of highest loss — each of rank ``≤ r``.  Restarts (random ``U₀`` each,
-:class:`~robustlr.attacks.base.Attack`) keep the first that fools.
+:class:`~robustlr.attacks.base.Attack`) keep the first that fools.  With half-precision images every iterate is
+evaluated as the image it would be returned as (rounded to their dtype toward ``x``, within ε), so factors kept
+for fooling the model fool it as returned.
 
 Cost: ``steps + 1`` forward and backward passes (the start and every step; LoRa-PGD of ``k`` steps makes
 ``k``, APGD of ``k`` steps ``k + 1`` and one forward pass), each with LoRa-PGD's factor gradients

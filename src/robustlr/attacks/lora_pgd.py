@@ -163,10 +163,12 @@ class LoRaPGD(Attack):
                      x_adv: torch.Tensor) -> torch.Tensor:
         """With ``p = x + ε·d`` on entry: the gradient of the loss at ``x_adv = clip_[0,1](p)`` with respect to
         ``p`` (the clip's Jacobian: the loss gradient where ``0 ≤ p ≤ 1``, zero elsewhere, as autograd's clamp
-        has it), written into ``p``, which it returns.  ``x_adv`` is the iterate's buffer."""
+        has it), written into ``p``, which it returns.  ``x_adv`` is the iterate's buffer; with half-precision
+        images the model is fed it as it would be returned (:meth:`~robustlr.attacks.base.Attack._as_returned`,
+        gradient straight through), so the factors LoRa-APGD keeps for fooling the model fool it as returned."""
         torch.clamp(p, 0.0, 1.0, out=x_adv)
         x_adv.requires_grad_(True)
-        _, (grad,) = self._loss_and_grad(x_adv, y, targeted)
+        _, (grad,) = self._loss_and_grad(self._as_returned(x_adv, x), y, targeted, [x_adv])
         x_adv.requires_grad_(False)  # the graph is freed: the buffer is rewritten at the next step
         torch.eq(p, x_adv, out=p)  # 1 where the clip let p through (0 ≤ p ≤ 1), else 0: float arithmetic only
         return torch.mul(grad, p, out=p)
