@@ -71,3 +71,19 @@ def test_no_noise_no_keys(monkeypatch):
     assert calls == []
     PGD(_MODEL, 0.1, steps=2, restarts=3, seed=0)(x, y)
     assert len(calls) == 1  # once per call, shared by the restarts
+
+
+def test_data_dependent_sizes_are_round_trips():
+    """``nonzero``, ``torch.where(mask)``, boolean-mask reads and writes and ``masked_select`` make the host wait
+    for a size on a GPU and are counted; ``nonzero_static``, integer indexing and ``data_sizes=False`` are not."""
+    x = torch.rand(10)
+    mask = x > 0.5
+    with HostSyncs() as syncs:
+        x[mask], mask.nonzero(), torch.where(mask), x.masked_select(mask)
+        x[mask] = 0.0
+        torch.nonzero_static(mask, size=3), x[torch.tensor([1, 2])]
+    assert syncs.events == {"size from data: nonzero": 2, "size from data: index with a boolean mask": 1,
+                            "size from data: index_put_ with a boolean mask": 1, "size from data: masked_select": 1}
+    with HostSyncs(data_sizes=False) as syncs:
+        x[mask], mask.nonzero()
+    assert syncs.total == 0

@@ -43,7 +43,10 @@ def _batch(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def _run_steps(stepper: Stepper, steps: int, settle_every: int | None = None) -> tuple[Tally, HostSyncs]:
     x, y = _batch()
     tally = Tally()
-    with HostSyncs() as syncs:
+    # data_sizes=False: an adversarial step selects its rows from the batch's positions and ids, host tensors
+    # (BatchContext), with a nonzero that is host work on a GPU machine too (the attacks alone are counted with
+    # data sizes: tests/test_attack_syncs.py)
+    with HostSyncs(data_sizes=False) as syncs:
         for index in range(steps):
             stepper(x, y, BatchContext.whole(x.shape[0], 1, index))
             if settle_every is not None and (index + 1) % settle_every == 0:

@@ -1,10 +1,13 @@
 """Count the host round trips of a block of code, on any device (CPU included).
 
 A GPU stalls whenever the host waits for a value: every ``.item()``, ``float()``, ``int()``, ``bool()`` of a
-tensor (they dispatch ``aten._local_scalar_dense``) and every copy of a tensor to the host (``.cpu()``,
-``.to("cpu")``, ``.numpy()``, ``.tolist()``; a ``.to(x.device)`` is not counted).  On a CPU machine those copies are free, so they are counted
-where they are asked for (a :class:`~torch.overrides.TorchFunctionMode` sees the method calls), and the scalar
-reads where they are executed (a :class:`~torch.utils._python_dispatch.TorchDispatchMode`).  The count is what
+tensor (they dispatch ``aten._local_scalar_dense``), every operation whose output size depends on the data
+(``nonzero``, ``torch.where(mask)``, ``x[mask]`` and ``x[mask] = v`` with a boolean mask, ``masked_select``: the
+host must learn the size before it can allocate; ``nonzero_static`` is not one) and every copy of a tensor to the
+host (``.cpu()``, ``.to("cpu")``, ``.numpy()``, ``.tolist()``; a ``.to(x.device)`` is not counted).  On a CPU
+machine those copies are free, so they are counted where they are asked for (a
+:class:`~torch.overrides.TorchFunctionMode` sees the method calls), and the scalar reads and data-dependent sizes
+where they are executed (a :class:`~torch.utils._python_dispatch.TorchDispatchMode`).  The count is what
 a GPU would wait for, measured on the CPU.  The tests use it to hold the engine to a budget of round trips per
 attack call, training step, evaluation batch and CondLR step; ``make bench`` reports the counts.
 
@@ -47,27 +50,52 @@ class _Copies(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_SIZE_FROM_DATA = {torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default,
+                   torch.ops.aten.argwhere.default}
+"""Operations whose output size is read from the data (a host round trip on a GPU)."""
+
+_INDEXING = {torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default,
+             torch.ops.aten._index_put_impl_.default}
+"""Advanced indexing: a round trip when an index is a boolean mask (it is turned into ``nonzero``)."""
+
+
+def _masked(indices: object) -> bool:
+    return isinstance(indices, (list, tuple)) and any(
+        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+
+
 class _Reads(TorchDispatchMode):
-    def __init__(self, events: Counter) -> None:
+    def __init__(self, events: Counter, data_sizes: bool) -> None:
         super().__init__()
         self.events = events
+        self.data_sizes = data_sizes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.events["scalar read: aten._local_scalar_dense"] += 1
+        elif not self.data_sizes:
+            pass
+        elif func in _SIZE_FROM_DATA:
+            self.events[f"size from data: {func.overloadpacket.__name__}"] += 1
+        elif func in _INDEXING and _masked(args[1] if len(args) > 1 else (kwargs or {}).get("indices")):
+            self.events[f"size from data: {func.overloadpacket.__name__} with a boolean mask"] += 1
         return func(*args, **(kwargs or {}))
 
 
 class HostSyncs:
-    """Context manager: ``events`` counts each kind of host round trip made inside the block."""
+    """Context manager: ``events`` counts each kind of host round trip made inside the block.
 
-    def __init__(self) -> None:
+    ``data_sizes=False`` leaves out the data-dependent sizes: for code that also selects from tensors that live on
+    the host (a batch's sample positions, say), which a CPU run cannot tell from device tensors.
+    """
+
+    def __init__(self, data_sizes: bool = True) -> None:
         self.events: Counter[str] = Counter()
-        self._modes = (_Copies(self.events), _Reads(self.events))
+        self._modes = (_Copies(self.events), _Reads(self.events, data_sizes))
 
     @property
     def total(self) -> int:
-        """All round trips: scalar reads plus copies to the host."""
+        """All round trips: scalar reads, data-dependent sizes and copies to the host."""
         return sum(self.events.values())
 
     def __enter__(self) -> HostSyncs:
