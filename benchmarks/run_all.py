@@ -8,7 +8,8 @@ its users' scale (``attacks.preact_vs_torchattacks``, ``attacks.amp_floor`` on P
 224 under bf16 autocast), host round trips per attack call and per training step (``attacks.attack_syncs``,
 ``train.step_syncs``), the engine's own overhead with a near-zero-cost model (``engine``), the CondLR step against
 SGD's (``condlr_step``), training and inference of low-rank models (``train``), data loading (``data_loading``), and
-the AutoAttack suite against the original AutoAttack on the two LeNet5s of lorapgd-table (``suite``).
+the AutoAttack suite against the original AutoAttack on the two LeNet5s of lorapgd-table and a gradient-masking
+one (``suite``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ GOALS = {
     "apgd_ce_points_ours_minus_theirs": "within ±1",
     "lora_apgd_minus_lora_pgd_points_30_passes": "(reference)",
     "lora_apgd_vs_lora_pgd_time": "(reference)",
+    "autoattack_engine_time_ours_vs_theirs": "(reference)",
+    "autoattack_host_reads_ours_vs_theirs": "(reference)",
 }
 
 def rows_of(section: str, results: dict) -> list[tuple[str, str, float, str]]:
@@ -142,15 +145,24 @@ def main(argv: list[str] | None = None) -> int:
     extras.append(f"CondLR epoch {tr['condlr_epoch_seconds']:.2f} s vs dense {tr['dense_epoch_seconds']:.2f} s; "
                   f"VGG16 inference low-rank {inf['vgg16_lowrank_seconds'] * 1000:.1f} ms vs dense {inf['vgg16_dense_seconds'] * 1000:.1f} ms")
 
-    for run_id, eps in (("pgd-l2", 1.0), ("standard", 1.0))[:1 if args.quick else 2] if args.suite_n else ():
+    for run_id, eps in (("pgd-l2", 1.0), ("standard", 1.0), (suite.MASKING["id"], 2.0))[:1 if args.quick else 3] \
+            if args.suite_n else ():
         aa = suite.run(args.suite_n, eps, suite.MODELS, device, 1 if args.quick else 3, 500, run_id,
-                       suite_only=run_id == "standard")
+                       suite_only=run_id != "pgd-l2")
         rows += rows_of(f"AutoAttack vs pyautoattack (standard version), LeNet5 {run_id}, L2 ε = {eps:g}, "
                         f"{args.suite_n} Fashion-MNIST test images", aa)
         extras.append(f"AutoAttack, LeNet5 {run_id}, L2 ε = {eps:g}: robust accuracy ours "
                       f"{aa['autoattack_robust_ours']:.4f} in {aa['autoattack_seconds_ours']:.1f} s, pyautoattack "
                       f"{aa['autoattack_robust_theirs']:.4f} in {aa['autoattack_seconds_theirs']:.1f} s (clean "
-                      f"{aa['clean_accuracy']:.4f})")
+                      f"{aa['clean_accuracy']:.4f}; gradient masking flagged: "
+                      f"{'yes' if aa['autoattack_masking_flagged'] else 'no'})")
+    if args.suite_n:
+        eng = suite.engine_rows(device, 16 if args.quick else 64, 4 if args.quick else 16, 1 if args.quick else 2)
+        rows += rows_of("AutoAttack vs pyautoattack without the model's cost: near-zero-cost model, no point breaks",
+                        eng)
+        extras.append(f"AutoAttack host round trips per call ({eng['autoattack_host_reads_images']} images, every "
+                      "stage in full): ours "
+                      f"{eng['autoattack_host_reads_ours']}, pyautoattack {eng['autoattack_host_reads_theirs']}")
     loading, loading_extras = data_loading.run_all_rows(args.quick)
     rows += rows_of("data: CIFAR-shaped split in memory; JPEG folder, 224×224 evaluation view", loading)
     extras += loading_extras

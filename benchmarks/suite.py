@@ -11,7 +11,11 @@ On one model, the same test images and one L2 ε, in one run (:func:`run`):
 
 The model is the L2-PGD-trained LeNet5 of ``experiments/lorapgd-table.toml`` (run ``pgd-l2``), trained into
 ``--models`` if it is not there yet (about 10 minutes on one CPU thread; reused afterwards): a model with
-non-trivial robustness, where the attacks' differences show.  Timings of (a)–(b) are one call each (an
+non-trivial robustness, where the attacks' differences show.  ``--model standard`` takes the standard LeNet5,
+``--model pgd-linf`` one that masks gradients at L2 (:data:`MASKING`, about 5 minutes to train).
+
+``--engine`` instead measures the two AutoAttacks without a model's cost (:func:`engine_rows`): their time on a
+near-zero-cost model, and their host round trips per call (what a GPU waits for).  Timings of (a)–(b) are one call each (an
 AutoAttack run takes minutes), ours first; (c) and (e) interleave the two (a, b, a, b, …), medians.
 
 ``--passes-table`` instead writes the equal-passes comparison of docs/attacks.md ("LoRa-APGD"): LoRa-PGD,
@@ -19,7 +23,8 @@ LoRa-APGD and APGD-CE at 10, 30 and 100 passes, on both LeNet5 runs (standard an
 1.5, ranks 3 and 8 (10 % and 30 % of 28).  Passes: LoRa-PGD of ``k`` steps makes ``k`` forward+backward passes,
 LoRa-APGD and APGD of ``k − 1`` steps make ``k`` (the start and every step; APGD one more forward pass).
 
-Run:  python benchmarks/suite.py [--n 300] [--eps 1.0] [--model pgd-l2|standard] [--threads 1] [--models DIR]
+Run:  python benchmarks/suite.py [--n 300] [--eps 1.0] [--model pgd-l2|standard|pgd-linf] [--threads 1] [--models DIR]
+      python benchmarks/suite.py --engine
       python benchmarks/suite.py --passes-table [--n 500] [--json out.json]
 """
 
@@ -49,10 +54,19 @@ MODELS = Path(__file__).resolve().parents[1] / "runs" / "reproduce" / "lorapgd-v
 """Where the experiment lorapgd-vs-autoattack trains its LeNet5 runs (the same as lorapgd-table's)."""
 
 
+MASKING = {"id": "pgd-linf", "adv": "pgd", "adv_norm": "linf", "adv_eps": 0.2}
+"""A third LeNet5, trained with L∞ PGD at a large ε (0.2) and otherwise as lorapgd-table's runs: attacked at L2
+ε = 2 it masks gradients — FAB-T and Square break many points APGD leaves robust (on 100 test images, robust
+accuracy 0.32 after APGD-CE, 0.11 after the whole suite) — the case the suite's later stages exist for."""
+
+RUN_IDS = ("pgd-l2", "standard", MASKING["id"])
+
+
 def lenet5(run_id: str, models: Path, device: torch.device) -> nn.Module:
-    """The LeNet5 run ``run_id`` (``standard`` or ``pgd-l2``) of lorapgd-table, trained into ``models/<run_id>``
-    if missing, loaded from its ``best.pt`` in eval mode."""
-    run = next(r for r in load_experiment("lorapgd-table").runs if r["id"] == run_id)
+    """The LeNet5 run ``run_id`` (``standard`` or ``pgd-l2`` of lorapgd-table, or ``pgd-linf``: :data:`MASKING`),
+    trained into ``models/<run_id>`` if missing, loaded from its ``best.pt`` in eval mode."""
+    runs = {r["id"]: r for r in load_experiment("lorapgd-table").runs}
+    run = {**runs["pgd-l2"], **MASKING} if run_id == MASKING["id"] else runs[run_id]
     ensure_trained(train_config(run, models), progress=False)
     model, _ = load_trained(models / run_id / "best.pt", device=device)
     return model
@@ -89,7 +103,48 @@ def autoattack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     return {"autoattack_points_ours_minus_theirs": 100 * (ra_ours - ra_peer), "autoattack_time_ours_vs_theirs":
             t_ours / t_peer, "autoattack_robust_ours": ra_ours, "autoattack_robust_theirs": ra_peer,
             "autoattack_seconds_ours": t_ours, "autoattack_seconds_theirs": t_peer,
+            "autoattack_masking_flagged": float(any("gradient masking likely" in w for w in ours.warnings)),
             "clean_accuracy": ours.clean_accuracy}
+
+
+def engine_rows(device: torch.device, n: int = 64, counted: int = 16, repeats: int = 2) -> dict[str, float]:
+    """The two AutoAttacks' own cost, without the model's: a near-zero-cost model (one linear layer on 28×28
+    images) and an ε (L2 1e-3) at which no point breaks, so that every stage runs in full on every point.
+    ``autoattack_engine_time_ours_vs_theirs``: the time of the two calls on ``n`` images, interleaved (medians
+    of ``repeats``); ``autoattack_host_reads_*``: the host round trips of one call on ``counted`` images
+    (:class:`robustlr.profiling.HostSyncs`: what a GPU waits for — scalar reads, data-dependent sizes, host
+    copies)."""
+    from pyautoattack import AutoAttack
+
+    from robustlr.profiling import HostSyncs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).to(device).eval()
+    x = torch.rand(n, 1, 28, 28, device=device)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)  # every point clean-correct
+    eps = 1e-3
+
+    def ours(k: int) -> None:
+        evaluate(model, (x[:k], y[:k]), eps_grid=[eps], suite="autoattack", norm="l2", batch_size=500,
+                 progress=False)
+
+    def theirs(k: int) -> None:
+        peer = AutoAttack(model, norm="L2", eps=eps, version="standard", seed=0, device=x.device)
+        peer.run_standard_evaluation(x[:k], y[:k], batch_size=500)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RobustnessWarning)
+        t = interleaved_times({"ours": lambda: ours(n), "theirs": lambda: theirs(n)}, device, repeats)
+        reads = {}
+        for name, fn in (("ours", ours), ("theirs", theirs)):
+            with HostSyncs() as syncs:
+                fn(counted)
+            reads[name] = syncs.total
+    return {"autoattack_engine_time_ours_vs_theirs": t["ours"] / t["theirs"],
+            "autoattack_host_reads_images": counted,
+            "autoattack_host_reads_ours": reads["ours"], "autoattack_host_reads_theirs": reads["theirs"],
+            "autoattack_host_reads_ours_vs_theirs": reads["ours"] / reads["theirs"]}
 
 
 def apgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, repeats: int) -> dict[str, float]:
@@ -184,10 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500, help="batch size of both AutoAttacks")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of (c) and (e)")
     parser.add_argument("--models", type=Path, default=MODELS, help="where the LeNet5 runs are (or are trained)")
-    parser.add_argument("--model", choices=("pgd-l2", "standard"), default="pgd-l2",
-                        help="which LeNet5 run of lorapgd-table (default: %(default)s)")
+    parser.add_argument("--model", choices=RUN_IDS, default="pgd-l2",
+                        help="which LeNet5: a run of lorapgd-table or pgd-linf, the gradient-masking one (default: "
+                             "%(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--passes-table", action="store_true", help="instead: docs/attacks.md's equal-passes table")
+    parser.add_argument("--engine", action="store_true",
+                        help="instead: both AutoAttacks on a near-zero-cost model, time and host round trips")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -196,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device_name(device)}; torch {torch.__version__}")
     if args.passes_table:
         result: object = passes_table(args.n or 500, args.models, device)
+    elif args.engine:
+        result = engine_rows(device, args.n or 64)
+        for key, value in result.items():
+            print(f"  {key:44s} {value:.4g}")
     else:
         import importlib
 
