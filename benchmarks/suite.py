@@ -12,11 +12,12 @@ On one model, the same test images and one L2 ε, in one run (:func:`run`):
 The model is the L2-PGD-trained LeNet5 of ``experiments/lorapgd-table.toml`` (run ``pgd-l2``), trained into
 ``--models`` if it is not there yet (about 10 minutes on one CPU thread; reused afterwards): a model with
 non-trivial robustness, where the attacks' differences show.  ``--model standard`` takes the standard LeNet5,
-``--model pgd-linf`` one that masks gradients at L2 (:data:`MASKING`, about 5 minutes to train).
+``--model pgd-linf`` one that masks gradients at L2 (:data:`MASKING`, about 5 minutes to train).  Timings of
+(a)–(b) are one call each (an AutoAttack run takes minutes), ours first; (c) and (e) interleave the two (a, b, a,
+b, …), medians.
 
 ``--engine`` instead measures the two AutoAttacks without a model's cost (:func:`engine_rows`): their time on a
-near-zero-cost model, and their host round trips per call (what a GPU waits for).  Timings of (a)–(b) are one call each (an
-AutoAttack run takes minutes), ours first; (c) and (e) interleave the two (a, b, a, b, …), medians.
+near-zero-cost model, and their host round trips per call (what a GPU waits for).
 
 ``--passes-table`` instead writes the equal-passes comparison of docs/attacks.md ("LoRa-APGD"): LoRa-PGD,
 LoRa-APGD and APGD-CE at 10, 30 and 100 passes, on both LeNet5 runs (standard and PGD-trained), L2 ε 0.5 / 1 /

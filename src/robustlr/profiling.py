@@ -73,11 +73,10 @@ class _Reads(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.events["scalar read: aten._local_scalar_dense"] += 1
-        elif not self.data_sizes:
-            pass
-        elif func in _SIZE_FROM_DATA:
+        elif self.data_sizes and func in _SIZE_FROM_DATA:
             self.events[f"size from data: {func.overloadpacket.__name__}"] += 1
-        elif func in _INDEXING and _masked(args[1] if len(args) > 1 else (kwargs or {}).get("indices")):
+        elif self.data_sizes and func in _INDEXING and _masked(args[1] if len(args) > 1 else
+                                                               (kwargs or {}).get("indices")):
             self.events[f"size from data: {func.overloadpacket.__name__} with a boolean mask"] += 1
         return func(*args, **(kwargs or {}))
 
