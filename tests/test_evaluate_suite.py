@@ -369,7 +369,38 @@ def test_too_few_classes_for_the_targeted_attacks_is_flagged():
     assert "'fab-t' asks for 9 target classes but the model has only 3 classes: it targets all 2 others" \
         in fab3.warnings
     with pytest.raises(ValueError, match="APGDT needs a model of at least 4 classes"):
-        quiet(three, (x3, y3), {"apgd-t": at_eps(lambda e: APGDT(three, e, "linf", steps=2))}, [0.1])
+        APGDT(three, 0.1, "linf", steps=2)(x3, y3)
+
+
+def test_a_loss_the_model_has_too_few_classes_for_is_refused_before_any_attack_runs():
+    three = trained_mlp(classes=3, steps=20)
+    x, y = prototypes(8, 5, classes=3)
+    calls = []
+
+    def spy(e):
+        def atk(xb, yb):
+            calls.append(e)
+            return xb
+        return atk
+
+    attacks = {"first": at_eps(spy), "apgd-t": at_eps(lambda e: APGDT(three, e, "linf", steps=2))}
+    with pytest.raises(ValueError, match=r"attack 'apgd-t' needs a model of at least 4 classes \(its loss's "
+                                         r"denominator uses the 4 largest logits\), the model has 3: leave it out; "
+                                         r"APGD-CE, FAB-T and Square need 2 \(for the autoattack suite, give those "
+                                         r"attacks yourself: attacks=\.\.\. or robustlr evaluate --attack\)$"):
+        quiet(three, (x, y), attacks, [0.1])
+    assert calls == []  # refused on the first batch's logits, before any attack
+    two = trained_mlp(classes=2, steps=20)
+    x2, y2 = prototypes(8, 5, classes=2)
+    with pytest.raises(ValueError, match="attack 'apgd-dlr' needs a model of at least 3 classes"):
+        quiet(two, (x2, y2), {"apgd-dlr": at_eps(lambda e: APGD(two, e, "linf", steps=2, loss="dlr"))}, [0.1])
+    with pytest.raises(ValueError, match="attack 'apgd-t-linf' needs a model of at least 4 classes"):
+        quiet(three, (x, y), None, [0.1], suite="autoattack", norm="linf")
+    allowed = ("apgd-ce-linf", "fab-t-linf", "square-linf")  # what the hint names: losses defined for 2 classes
+    short = {name: {"queries": 20} if name.startswith("square") else {"steps": 2} for name in allowed}
+    kept = quiet(two, (x2, y2), {name: at_eps(lambda e, name=name: build_attack(name, two, e, **short[name]))
+                                 for name in allowed}, [0.1])
+    assert {r.attack for r in kept.attacks} == set(allowed)
 
 
 class _Quantise(nn.Module):

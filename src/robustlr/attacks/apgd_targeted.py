@@ -30,6 +30,7 @@ from torch import nn
 
 from ..checks import check_int
 from .apgd import APGD
+from .base import TARGETED_DLR_CLASSES
 from .early_stop import pending
 
 __all__ = ["APGDT"]
@@ -83,6 +84,11 @@ class APGDT(APGD):
     def _describe(self) -> dict[str, object]:
         return {**super()._describe(), "loss": "dlr-targeted", "n_target_classes": self.n_target_classes}
 
+    @property
+    def min_classes(self) -> int:
+        """:data:`~robustlr.attacks.base.TARGETED_DLR_CLASSES`: the targeted DLR uses the 4 largest logits."""
+        return TARGETED_DLR_CLASSES
+
     def _objective(self, logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
         """The targeted DLR (:func:`~robustlr.attacks.base.targeted_dlr_loss`) toward the current target class
         (``y``: the true labels)."""
@@ -97,9 +103,9 @@ class APGDT(APGD):
             clean = self._logits(x)
         classes = clean.shape[1]
         self._check_labels(classes)
-        if classes < 4:
-            raise ValueError(f"APGDT needs a model of at least 4 classes (the targeted DLR divides by "
-                             f"z_π1 − (z_π3 + z_π4)/2), the model has {classes}")
+        if classes < self.min_classes:
+            raise ValueError(f"APGDT needs a model of at least {self.min_classes} classes (the targeted DLR divides "
+                             f"by z_π1 − (z_π3 + z_π4)/2), the model has {classes}")
         count = min(self.n_target_classes, classes - 1)
         targets = clean.scatter(1, y[:, None], float("-inf")).topk(count, dim=1).indices
         every = torch.arange(len(y), device=y.device)

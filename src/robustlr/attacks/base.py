@@ -47,7 +47,8 @@ from .precision import WORK_DTYPE, Precision, check_budget
 from .projections import check_norm, fit_budget
 from .randomness import Noise, sample_keys
 
-__all__ = ["AUTO_LOSS_SCALE", "Attack", "DLR_TINY", "LOSSES", "dlr_loss", "targeted_dlr_loss"]
+__all__ = ["AUTO_LOSS_SCALE", "Attack", "DLR_CLASSES", "DLR_TINY", "LOSSES", "TARGETED_DLR_CLASSES", "dlr_loss",
+           "targeted_dlr_loss"]
 
 LOSSES = ("ce", "margin", "dlr")
 """Attack objectives: cross-entropy, the CW-style logit margin, or the difference of logits ratio
@@ -55,6 +56,10 @@ LOSSES = ("ce", "margin", "dlr")
 
 DLR_TINY = 1e-12
 """The guard of the DLR denominators (Croce & Hein's value): equal top logits give a finite loss."""
+DLR_CLASSES = 3
+"""Fewest classes of :func:`dlr_loss`: its denominator uses the 3 largest logits."""
+TARGETED_DLR_CLASSES = 4
+"""Fewest classes of :func:`targeted_dlr_loss`: its denominator uses the 4 largest logits."""
 
 
 def _top_logits(logits: torch.Tensor, count: int, loss: str) -> torch.Tensor:
@@ -92,7 +97,7 @@ def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
 
 def _dlr_terms(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Numerator ``max_{i≠y} z_i − z_y`` and denominator ``z_π1 − z_π3 + 1e−12`` of :func:`dlr_loss`."""
-    top = _top_logits(logits, 3, "dlr")
+    top = _top_logits(logits, DLR_CLASSES, "dlr")
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
     return others - true, top[:, 0] - top[:, 2] + DLR_TINY
@@ -102,7 +107,7 @@ def _targeted_dlr_terms(logits: torch.Tensor, y: torch.Tensor,
                         target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Numerator ``z_t − z_y`` and denominator ``z_π1 − (z_π3 + z_π4)/2 + 1e−12`` of
     :func:`targeted_dlr_loss`."""
-    top = _top_logits(logits, 4, "dlr (targeted)")
+    top = _top_logits(logits, TARGETED_DLR_CLASSES, "dlr (targeted)")
     true = logits.gather(1, y[:, None]).squeeze(1)
     aimed = logits.gather(1, target[:, None]).squeeze(1)
     return aimed - true, top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + DLR_TINY
@@ -248,6 +253,12 @@ class Attack(ABC):
         """Hyper-parameters shown by ``repr`` and recorded in reports."""
         described = {"eps": self.eps, "norm": self.norm, "loss": self.loss, "restarts": self.restarts, "seed": self.seed}
         return described if self.loss_scale is None else {**described, "loss_scale": self.loss_scale}
+
+    @property
+    def min_classes(self) -> int:
+        """The fewest classes a model must have for an untargeted call: :data:`DLR_CLASSES` with the DLR loss,
+        else 2 (a targeted call with the DLR loss needs :data:`TARGETED_DLR_CLASSES`)."""
+        return DLR_CLASSES if self.loss == "dlr" else 2
 
     def state_bytes(self, shape: tuple[int, ...], element_size: int = 4) -> int:
         """Bytes of the optimisation state of one attack on a batch of ``shape`` (the perturbation)."""
