@@ -4,6 +4,8 @@ and LoRa-APGD against LoRa-PGD at equal numbers of forward/backward passes.
 On one model, the same test images and one L2 ε, in one run (:func:`run`):
   (a) robust accuracy of ``evaluate(suite="autoattack")`` − pyautoattack's standard AutoAttack, points  goal ≤ +0.5
   (b) time of ours / theirs (the whole evaluation call each)                                          goal ≤ 0.7
+      (and the images each made the model see, forward and backward, and the model's own time for them: the
+      floor of any implementation making those passes; :func:`autoattack_rows`)
   (c) APGD-CE, 100 steps, on the clean-correct images: our time / ``APGDAttack``'s                    goal ≤ 1.0
       (and with ``early_stop=True``, as the suite runs it: reference)
   (d) APGD-CE robust accuracy, ours − theirs, points                                                 goal within ±1
@@ -85,26 +87,78 @@ def robust(model: nn.Module, adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor
         return int(((model(x).argmax(dim=1) == y) & (model(adv).argmax(dim=1) == y)).sum()) / len(y)
 
 
+class PassCounter(nn.Module):
+    """``model``, counting the images it is run on: forward passes without and with a graph, and backward passes
+    through its output (each backward that reaches the output counts its batch once)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.counts = {"forward": 0, "forward_graph": 0, "backward": 0}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        n = x.shape[0]
+        if out.requires_grad:
+            self.counts["forward_graph"] += n
+            out.register_hook(lambda grad: self.counts.__setitem__("backward", self.counts["backward"] + n))
+        else:
+            self.counts["forward"] += n
+        return out
+
+
+def pass_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 5) -> dict[str, float]:
+    """Seconds per image of the model's passes at the batch of ``x``: a forward without a graph, a forward
+    with one (input gradient on), and the backward of the cross-entropy to the input."""
+    def plain() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def graph() -> None:
+        model(x.detach().requires_grad_(True))
+
+    def both() -> None:
+        xg = x.detach().requires_grad_(True)
+        torch.autograd.grad(nn.functional.cross_entropy(model(xg), y), xg)
+
+    t = interleaved_times({"forward": plain, "forward_graph": graph, "both": both}, x.device, repeats)
+    n = x.shape[0]
+    return {"forward": t["forward"] / n, "forward_graph": t["forward_graph"] / n,
+            "backward": max(t["both"] - t["forward_graph"], 0.0) / n}
+
+
 def autoattack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int) -> dict[str, float]:
     """(a), (b): our suite (the cascade of :func:`robustlr.evaluate.evaluate`) and pyautoattack's standard
-    version at L2 ``eps``, one call each."""
+    version at L2 ``eps``, one call each.  Both run on a :class:`PassCounter` of the model: the images each
+    makes the model see, and the model's time for them alone (the counts times :func:`pass_seconds`, measured
+    at the batch of the points still robust after APGD-CE): the floor of any implementation making those
+    passes, and ``autoattack_time_floor_ours_vs_theirs`` the time ratio an engine without overhead would give."""
     from pyautoattack import AutoAttack
 
+    ours_model, peer_model = PassCounter(model), PassCounter(model)
     t0 = time.perf_counter()
     with warnings.catch_warnings():  # the robustness flags of a robust model's evaluation: not this benchmark's
         warnings.simplefilter("ignore", RobustnessWarning)
-        ours = evaluate(model, (x, y), eps_grid=[eps], suite="autoattack", norm="l2", batch_size=batch,
+        ours = evaluate(ours_model, (x, y), eps_grid=[eps], suite="autoattack", norm="l2", batch_size=batch,
                         progress=False)
     t_ours = time.perf_counter() - t0
-    peer = AutoAttack(model, norm="L2", eps=eps, version="standard", seed=0, device=x.device)
+    peer = AutoAttack(peer_model, norm="L2", eps=eps, version="standard", seed=0, device=x.device)
     t0 = time.perf_counter()
     _, y_adv = peer.run_standard_evaluation(x, y, batch_size=batch)
     t_peer = time.perf_counter() - t0
     ra_ours, ra_peer = ours.worst_at(eps, norm="l2").robust_accuracy, int((y_adv == y).sum()) / len(y)
+    later = max(round(ours.attacks[0].robust_accuracy * len(y)), 1)  # the points the stages after APGD-CE see
+    per_image = pass_seconds(model, x[:later], y[:later])
+    floor = {name: sum(counter.counts[kind] * per_image[kind] for kind in per_image)
+             for name, counter in (("ours", ours_model), ("theirs", peer_model))}
     return {"autoattack_points_ours_minus_theirs": 100 * (ra_ours - ra_peer), "autoattack_time_ours_vs_theirs":
             t_ours / t_peer, "autoattack_robust_ours": ra_ours, "autoattack_robust_theirs": ra_peer,
             "autoattack_seconds_ours": t_ours, "autoattack_seconds_theirs": t_peer,
             "autoattack_masking_flagged": float(any("gradient masking likely" in w for w in ours.warnings)),
+            **{f"autoattack_{kind}_images_ours_vs_theirs": ours_model.counts[kind] / max(peer_model.counts[kind], 1)
+               for kind in ours_model.counts},
+            "autoattack_model_seconds_ours": floor["ours"], "autoattack_model_seconds_theirs": floor["theirs"],
+            "autoattack_time_floor_ours_vs_theirs": floor["ours"] / floor["theirs"],
             "clean_accuracy": ours.clean_accuracy}
 
 
