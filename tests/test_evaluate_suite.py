@@ -372,7 +372,7 @@ def test_too_few_classes_for_the_targeted_attacks_is_flagged():
         APGDT(three, 0.1, "linf", steps=2)(x3, y3)
 
 
-def test_a_loss_the_model_has_too_few_classes_for_is_refused_before_any_attack_runs():
+def test_an_attack_not_defined_on_the_model_or_images_is_refused_before_any_attack_runs():
     three = trained_mlp(classes=3, steps=20)
     x, y = prototypes(8, 5, classes=3)
     calls = []
@@ -384,17 +384,29 @@ def test_a_loss_the_model_has_too_few_classes_for_is_refused_before_any_attack_r
         return atk
 
     attacks = {"first": at_eps(spy), "apgd-t": at_eps(lambda e: APGDT(three, e, "linf", steps=2))}
-    with pytest.raises(ValueError, match=r"attack 'apgd-t' needs a model of at least 4 classes \(its loss's "
+    with pytest.raises(ValueError, match=r"attack 'apgd-t': needs a model of at least 4 classes \(its loss's "
                                          r"denominator uses the 4 largest logits\), the model has 3: leave it out; "
                                          r"APGD-CE, FAB-T and Square need 2 \(for the autoattack suite, give those "
                                          r"attacks yourself: attacks=\.\.\. or robustlr evaluate --attack\)$"):
         quiet(three, (x, y), attacks, [0.1])
     assert calls == []  # refused on the first batch's logits, before any attack
+    small, labels = torch.rand(4, 3, 4, 4), torch.zeros(4, dtype=torch.long)
+    tiny = nn.Sequential(nn.Flatten(), nn.Linear(48, 10))
+    for name, spec in (("square-l2", at_eps(lambda e: Square(tiny, e, "l2", queries=2))),
+                       ("lora-pgd", at_eps(lambda e: LoRaPGD(tiny, e, 5, steps=2)))):
+        calls.clear()
+        with pytest.raises(ValueError) as error:
+            quiet(tiny, (small, labels), {"first": at_eps(spy), name: spec}, [0.1])
+        assert calls == []
+        assert str(error.value) == {
+            "square-l2": "attack 'square-l2': x must have images of at least 5×5 for norm='l2' (the start tiles are "
+                         "a fifth of the side), got (4, 3, 4, 4): norm='linf' has no minimum",
+            "lora-pgd": "attack 'lora-pgd': rank must be an int in [1, 4] or a fraction in (0, 1], got 5"}[name]
     two = trained_mlp(classes=2, steps=20)
     x2, y2 = prototypes(8, 5, classes=2)
-    with pytest.raises(ValueError, match="attack 'apgd-dlr' needs a model of at least 3 classes"):
+    with pytest.raises(ValueError, match="attack 'apgd-dlr': needs a model of at least 3 classes"):
         quiet(two, (x2, y2), {"apgd-dlr": at_eps(lambda e: APGD(two, e, "linf", steps=2, loss="dlr"))}, [0.1])
-    with pytest.raises(ValueError, match="attack 'apgd-t-linf' needs a model of at least 4 classes"):
+    with pytest.raises(ValueError, match="attack 'apgd-t-linf': needs a model of at least 4 classes"):
         quiet(three, (x, y), None, [0.1], suite="autoattack", norm="linf")
     allowed = ("apgd-ce-linf", "fab-t-linf", "square-linf")  # what the hint names: losses defined for 2 classes
     short = {name: {"queries": 20} if name.startswith("square") else {"steps": 2} for name in allowed}

@@ -36,7 +36,7 @@ from .evaluation.data import Data, iter_batches, num_batches
 from .evaluation.guards import (
     ADVERSARIAL_STATS,
     CLEAN_STATS,
-    check_classes,
+    check_fits,
     check_logits_shape,
     check_model_finite,
     clean_stats,
@@ -143,8 +143,9 @@ def evaluate(
             attack declares another ``eps`` than its grid ε, an unknown ``suite`` (the error names the allowed
             ones), a suite without ``norm`` or ``eps_grid``, a ``norm`` without a suite, an attack named like one
             of the suite's, a ``cascade`` that is not a bool or None, a bad ``eps_grid`` (a ``bool`` is no
-            number), ``batch_size`` or ``n`` < 1, a ``device`` this machine does not have, a model with fewer
-            classes than an attack's loss needs (DLR: 3, APGD-T's targeted DLR: 4), a model with NaN/inf
+            number), ``batch_size`` or ``n`` < 1, a ``device`` this machine does not have, an attack that is not
+            defined on the images or the model's classes (a DLR loss and 2 classes, Square L2 and images under
+            5×5, a rank larger than the image side: checked on the first batch), a model with NaN/inf
             in a parameter or buffer or returning NaN/inf logits, or an attack returning a tensor of another
             shape, of an integer dtype, with non-finite values, values outside ``[0, 1]`` or (when it declares
             its ``norm``) a perturbation larger than its ε.  The arguments and the model's weights are checked
@@ -198,7 +199,7 @@ def evaluate(
                 where = "clean images in the first batch" if index == 0 else f"clean images in batch {index + 1}"
                 raise_clean(values[:CLEAN_STATS], y.shape[0], logits.shape[1], where)
                 if index == 0:
-                    check_classes(runs, classes)
+                    check_fits(runs, tuple(x.shape), classes)
                 if sanity:
                     grad = _input_gradient(logits, x_in, y)
                     zeros, probs = zero_gradient_count(grad, x.shape[0], target), looks_like_probabilities(logits)

@@ -260,6 +260,17 @@ class Attack(ABC):
         else 2 (a targeted call with the DLR loss needs :data:`TARGETED_DLR_CLASSES`)."""
         return DLR_CLASSES if self.loss == "dlr" else 2
 
+    def check_fits(self, shape: tuple[int, ...], classes: int) -> None:
+        """``ValueError`` unless the attack is defined on images of ``shape`` ``(N, C, H, W)`` and a model of
+        ``classes`` classes (here: at least :attr:`min_classes`; subclasses add their own conditions).
+        :func:`robustlr.evaluate.evaluate` asks every attack on its first batch, before any attack runs."""
+        need = self.min_classes
+        if classes < need:
+            why = f"its loss's denominator uses the {need} largest logits" if need > 2 else "a class to move to"
+            raise ValueError(f"needs a model of at least {need} classes ({why}), the model has {classes}: leave "
+                             "it out; APGD-CE, FAB-T and Square need 2 (for the autoattack suite, give those attacks "
+                             "yourself: attacks=... or robustlr evaluate --attack)")
+
     def state_bytes(self, shape: tuple[int, ...], element_size: int = 4) -> int:
         """Bytes of the optimisation state of one attack on a batch of ``shape`` (the perturbation)."""
         return math.prod(shape) * element_size

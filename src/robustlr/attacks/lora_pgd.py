@@ -97,6 +97,11 @@ class LoRaPGD(Attack):
         """The integer per-channel rank used on images of ``shape`` (``(..., H, W)``)."""
         return resolve_rank(self.rank, min(shape[-2:]))
 
+    def check_fits(self, shape: tuple[int, ...], classes: int) -> None:
+        """:meth:`Attack.check_fits`, and a rank that fits images of ``shape`` (:meth:`resolved_rank`)."""
+        super().check_fits(shape, classes)
+        self.resolved_rank(shape)
+
     def state_bytes(self, shape: tuple[int, ...], element_size: int = 4) -> int:
         """Bytes of the factors ``U, V`` for a batch of ``shape``: ``N·C·r·(H+W)`` elements (PGD: ``N·C·H·W``)."""
         n, c, h, w = shape

@@ -62,6 +62,11 @@ class RankProjectedPGD(PGD):
     def _describe(self) -> dict[str, object]:
         return {**super()._describe(), "rank": self.rank, "project": self.project}
 
+    def check_fits(self, shape: tuple[int, ...], classes: int) -> None:
+        """:meth:`Attack.check_fits`, and a rank that fits images of ``shape``."""
+        super().check_fits(shape, classes)
+        resolve_rank(self.rank, min(shape[-2:]))
+
     def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:
         self._rank_now = resolve_rank(self.rank, min(x.shape[-2:]))
         return super()._run(x, y, targeted, restart)

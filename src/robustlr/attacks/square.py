@@ -91,6 +91,9 @@ QUERY_BLOCK = 100
 _HALVINGS = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256))
 """``(t, d)``: at rescaled query ``t`` up to this bound the square fraction is ``p_init / d``; 512 beyond."""
 
+_L2_MIN_SIDE = 5
+"""Smallest image side of the L2 attack: its start tiles are a fifth of the side."""
+
 _BITS = 24
 """Random bits of one uniform of :meth:`Attack._noise` (``u·2²⁴`` is an integer)."""
 
@@ -203,6 +206,16 @@ class Square(Attack):
     def _describe(self) -> dict[str, object]:
         return {**super()._describe(), "queries": self.queries, "p_init": self.p_init}
 
+    def check_fits(self, shape: tuple[int, ...], classes: int) -> None:
+        """:meth:`Attack.check_fits`, and L2 images of at least 5×5."""
+        super().check_fits(shape, classes)
+        self._check_side(shape)
+
+    def _check_side(self, shape: tuple[int, ...]) -> None:
+        if self.norm == "l2" and min(shape[-2:]) < _L2_MIN_SIDE:
+            raise ValueError(f"x must have images of at least {_L2_MIN_SIDE}×{_L2_MIN_SIDE} for norm='l2' (the start "
+                             f"tiles are a fifth of the side), got {tuple(shape)}: norm='linf' has no minimum")
+
     def _compacts(self, query: int) -> bool:
         """Whether the batch is compacted (one host read) before ``query``: at 0, at the powers of two below
         ``compact_every`` and at its multiples."""
@@ -211,9 +224,7 @@ class Square(Attack):
     # ------------------------------------------------------------------ the search
     def _run(self, x: torch.Tensor, y: torch.Tensor, targeted: bool, restart: int) -> torch.Tensor:
         _, channels, height, width = x.shape
-        if self.norm == "l2" and min(height, width) < 5:
-            raise ValueError(f"x must have images of at least 5×5 for norm='l2' (the start tiles are a fifth "
-                             f"of the side), got {tuple(x.shape)}")
+        self._check_side(tuple(x.shape))
         fields = (2 if self.norm == "linf" else 5) + channels
         with torch.no_grad():
             x_best = self._start(x, restart)

@@ -7,8 +7,8 @@ or a perturbation larger than its budget, is not a robustness number.  These che
 * :func:`check_model_finite` — every floating parameter and buffer of the model is finite (once per evaluation);
 * :func:`clean_stats` / :func:`raise_clean` — a batch's images are finite and in ``[0, 1]``, the model's output
   on them is ``(N, K)`` finite logits, and the labels are classes of the model;
-* :func:`check_classes` — every attack's loss is defined for ``K`` classes (the DLR losses need 3 or 4), checked
-  on the first batch, before any attack runs;
+* :func:`check_fits` — every attack is defined on the batch's image shape and ``K`` classes (the DLR losses need 3
+  or 4, Square L2 5×5 images, a rank must fit the image), checked on the first batch, before any attack runs;
 * :func:`check_adversarial` — an attack's returned batch is a floating tensor shaped like ``x``, finite, within
   ``[0, 1]``, and (when the attack declares its norm and the run has a budget) within ``‖δ‖ ≤ ε`` up to the
   round-off of its dtype, and the model's logits on it are finite.
@@ -32,7 +32,7 @@ from ..attacks.projections import per_sample_norm
 from .specs import AttackRun
 
 __all__ = ["RANGE_TOL", "BUDGET_RTOL", "CLEAN_STATS", "ADVERSARIAL_STATS", "check_model_finite", "check_logits_shape",
-           "check_classes",
+           "check_fits",
            "image_stats", "raise_images", "clean_stats", "raise_clean", "adversarial_input", "adversarial_stats",
            "raise_adversarial", "declared_bound", "check_adversarial", "budget_bound"]
 
@@ -78,16 +78,17 @@ def check_logits_shape(logits: object, n: int) -> torch.Tensor:
     return logits
 
 
-def check_classes(runs: Iterable[AttackRun], classes: int) -> None:
-    """``ValueError`` for the first run whose attack needs more classes than the model's ``classes`` (its
-    ``min_classes``, :attr:`robustlr.attacks.base.Attack.min_classes`), saying which attacks need fewer."""
+def check_fits(runs: Iterable[AttackRun], shape: tuple[int, ...], classes: int) -> None:
+    """``ValueError`` for the first run whose attack is not defined on images of ``shape`` and a model of
+    ``classes`` classes (its ``check_fits``, :meth:`robustlr.attacks.base.Attack.check_fits`: DLR losses need 3 or
+    4 classes, Square L2 images of 5×5, a rank must fit the image), prefixed with the attack's name."""
     for run in runs:
-        need = getattr(run.attack, "min_classes", None)
-        if isinstance(need, int) and classes < need:
-            raise ValueError(
-                f"attack {run.name!r} needs a model of at least {need} classes (its loss's denominator uses the "
-                f"{need} largest logits), the model has {classes}: leave it out; APGD-CE, FAB-T and Square need 2 "
-                "(for the autoattack suite, give those attacks yourself: attacks=... or robustlr evaluate --attack)")
+        check = getattr(run.attack, "check_fits", None)
+        if callable(check):
+            try:
+                check(shape, classes)
+            except ValueError as error:
+                raise ValueError(f"attack {run.name!r}: {error}") from None
 
 
 def _bad_rows(logits: torch.Tensor) -> torch.Tensor:
