@@ -70,6 +70,55 @@ class _Quantised(nn.Module):
         return self.model(torch.round(x * 255) / 255)
 
 
+def _l2_candidate_on_masks(x, x_best, windows, flips, signs, side, pattern, eps):
+    """The L2 query of the paper (Alg. 3), written on masks of the whole image, one sample at a time: ``W₁`` gets
+    ``ν_c = (±η + δ_{c,W₁}/‖δ_{c,W₁}‖)/‖·‖ · √(max(ε² − ‖δ‖², 0)/C + ‖δ_{c,W₁∪W₂}‖²)``, ``W₂ ∖ W₁`` is zeroed, and
+    the result is rescaled to ‖·‖₂ = ε and clipped."""
+    out = []
+    for k in range(len(x)):
+        delta = (x_best[k] - x[k]).double()
+        (t1, l1), (t2, l2) = windows[k]
+        first = torch.zeros(delta.shape[1:], dtype=torch.bool)
+        first[t1:t1 + side, l1:l1 + side] = True
+        second = torch.zeros_like(first)
+        second[t2:t2 + side, l2:l2 + side] = True
+        eta = torch.zeros(delta.shape[1:], dtype=torch.float64)
+        eta[t1:t1 + side, l1:l1 + side] = pattern.double().T if flips[k] else pattern.double()
+        moved = delta.clone()
+        moved[:, second] = 0
+        spare = max(eps**2 - float(delta.square().sum()), 0.0)
+        for c in range(delta.shape[0]):
+            old = delta[c][first]
+            fresh = signs[k][c] * eta[first] + old / (old.norm() + 1e-12)
+            size = math.sqrt(spare / delta.shape[0] + float(delta[c][first | second].square().sum()))
+            moved[c][first] = fresh / (fresh.norm() + 1e-12) * size
+        out.append((x[k].double() + eps * moved / moved.norm()).clamp(0, 1))
+    return torch.stack(out).to(x.dtype)
+
+
+@pytest.mark.parametrize("side", [3, 5, 9, 25, 28])
+def test_l2_query_is_the_papers_formula(side):
+    """The gathered-window L2 candidate equals the formula on masks, also where the two windows overlap."""
+    gen = torch.Generator().manual_seed(side)
+    n, eps = 64, 1.0
+    x = torch.rand(n, 3, 28, 28, generator=gen)
+    step = torch.randn(n, 3, 28, 28, generator=gen)
+    x_best = (x + step * (eps * torch.rand(n, 1, 1, 1, generator=gen) / per_sample_norm(step, "l2").view(-1, 1, 1, 1))
+              ).clamp(0, 1)
+    u = torch.rand(n, 5 + 3, generator=gen)
+    u[: n // 4, 2:4] = u[: n // 4, 0:2]  # a quarter with W₂ = W₁
+    atk = Square(nn.Identity(), eps, "l2", seed=0)
+    pattern = l2_pattern(side).float()
+    ours = atk._l2_candidate(x, x_best, u, side, pattern)
+    pick = [((u[:, k] * 2**24).long() * (28 - side + 1)) >> 24 for k in range(4)]
+    windows = [((int(pick[0][k]), int(pick[1][k])), (int(pick[2][k]), int(pick[3][k]))) for k in range(n)]
+    overlapping = sum(abs(a - c) < side and abs(b - d) < side for (a, b), (c, d) in windows)
+    assert overlapping >= n // 4
+    expected = _l2_candidate_on_masks(x, x_best, windows, (u[:, 4] < 0.5).tolist(),
+                                      torch.where(u[:, 5:] < 0.5, -1.0, 1.0).tolist(), side, pattern, eps)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=2e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_budget_and_box(cnn, batch, norm, dtype):

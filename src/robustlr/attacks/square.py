@@ -300,22 +300,30 @@ class Square(Attack):
 
     def _l2_candidate(self, x: torch.Tensor, x_best: torch.Tensor, u: torch.Tensor, side: int,
                       pattern: torch.Tensor) -> torch.Tensor:
-        """``clip(x + ε·δ'/‖δ'‖₂)``: mass of ``W₂`` moved into ``W₁`` with a fresh ``±η`` (module docstring)."""
-        channels, height, width = x.shape[1:]
+        """``clip(x + ε·δ'/‖δ'‖₂)``: mass of ``W₂`` moved into ``W₁`` with a fresh ``±η`` (module docstring).
+
+        Computed on the two windows' ``s × s`` entries (gathered at their flat positions), not on masks of the
+        whole image: ``‖δ_{c,W₁∪W₂}‖² = ‖δ_{c,W₁}‖² + Σ_{W₂∖W₁} δ_c²``; ``δ'`` is ``δ`` with ``W₂`` zeroed, then ``ν``
+        written into ``W₁``."""
+        n, channels, height, width = x.shape
         delta = x_best - x
-        top, left, first = self._window(u[:, 0], u[:, 1], side, height, width)
-        _, _, second = self._window(u[:, 2], u[:, 3], side, height, width)
-        # η placed at (top, left), transposed where u < ½: entry (i, j) of the window reads η[i', j'] with
-        # (i', j') = (i − top, j − left) or swapped; outside the window the index is clamped and masked out.
-        di = (torch.arange(height, device=x.device) - top[:, None]).clamp_(0, side - 1)[:, :, None]
-        dj = (torch.arange(width, device=x.device) - left[:, None]).clamp_(0, side - 1)[:, None, :]
-        flat = torch.where((u[:, 4] < 0.5)[:, None, None], dj * side + di, di * side + dj)
-        placed = (pattern.flatten()[flat] * first[:, 0])[:, None]
-        signs = torch.where(u[:, 5:] < 0.5, -1.0, 1.0).to(x.dtype)[:, :, None, None]
-        old = delta * first
-        fresh = placed * signs + old / (_channel_norm(old) + TINY)
-        spare = (self.eps**2 - per_sample_norm(delta, "l2").square()).clamp_(min=0.0)[:, None, None, None]
-        size = (spare / channels + _channel_norm(delta * (first | second)).square()).sqrt_()
-        fresh = fresh / (_channel_norm(fresh) + TINY) * size
-        moved = torch.where(first, fresh, torch.where(second, 0.0, delta))
+        span = torch.arange(side, device=x.device)
+        first = [_pick(u[:, k], extent - side + 1)[:, None] for k, extent in ((0, height), (1, width))]
+        second = [_pick(u[:, k], extent - side + 1)[:, None] for k, extent in ((2, height), (3, width))]
+        at1, at2 = ((rows + span)[:, :, None] * width + (cols + span)[:, None, :] for rows, cols in (first, second))
+        at1, at2 = (at.view(n, 1, side * side).expand(n, channels, -1) for at in (at1, at2))
+        flat = delta.reshape(n, channels, height * width)
+        old, gone = flat.gather(2, at1), flat.gather(2, at2)  # δ on W₁ and on W₂, (N, C, s²)
+        # the entries of W₂ that also lie in W₁ (counted once in the union)
+        inside = [((pos + span) >= start) & ((pos + span) < start + side) for pos, start in zip(second, first)]
+        shared = (inside[0][:, :, None] & inside[1][:, None, :]).view(n, 1, side * side)
+        eta = torch.where((u[:, 4] < 0.5)[:, None, None], pattern.T, pattern).reshape(n, 1, side * side)
+        signs = torch.where(u[:, 5:] < 0.5, -1.0, 1.0).to(x.dtype)[:, :, None]
+        old_norm = torch.linalg.vector_norm(old, dim=2, keepdim=True)
+        fresh = eta * signs + old / (old_norm + TINY)
+        spare = (self.eps**2 - per_sample_norm(delta, "l2").square()).clamp_(min=0.0)[:, None, None]
+        union = old_norm.square() + torch.where(shared, 0.0, gone.square()).sum(dim=2, keepdim=True)
+        size = (spare / channels + union).sqrt_()
+        fresh = fresh / (torch.linalg.vector_norm(fresh, dim=2, keepdim=True) + TINY) * size
+        moved = flat.clone().scatter_(2, at2, 0.0).scatter_(2, at1, fresh).view(n, channels, height, width)
         return clip_unit(x + self.eps * normalize_per_sample(moved, "l2"))
