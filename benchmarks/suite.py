@@ -15,8 +15,8 @@ The model is the L2-PGD-trained LeNet5 of ``experiments/lorapgd-table.toml`` (ru
 ``--models`` if it is not there yet (about 10 minutes on one CPU thread; reused afterwards): a model with
 non-trivial robustness, where the attacks' differences show.  ``--model standard`` takes the standard LeNet5,
 ``--model pgd-linf`` one that masks gradients at L2 (:data:`MASKING`, about 5 minutes to train).  Timings of
-(a)–(b) are one call each (an AutoAttack run takes minutes), ours first; (c) and (e) interleave the two (a, b, a,
-b, …), medians.
+(a)–(b) are the medians of two calls each, in turn (ours, theirs, ours, theirs: an AutoAttack run takes minutes,
+over which this machine's speed drifts); (c) and (e) interleave the two (a, b, a, b, …), medians.
 
 ``--engine`` instead measures the two AutoAttacks without a model's cost (:func:`engine_rows`): their time on a
 near-zero-cost model, and their host round trips per call (what a GPU waits for).
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 import warnings
@@ -127,25 +128,31 @@ def pass_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: in
             "backward": max(t["both"] - t["forward_graph"], 0.0) / n}
 
 
-def autoattack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int) -> dict[str, float]:
+def autoattack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int,
+                    calls: int = 2) -> dict[str, float]:
     """(a), (b): our suite (the cascade of :func:`robustlr.evaluate.evaluate`) and pyautoattack's standard
-    version at L2 ``eps``, one call each.  Both run on a :class:`PassCounter` of the model: the images each
-    makes the model see, and the model's time for them alone (the counts times :func:`pass_seconds`, measured
-    at the batch of the points still robust after APGD-CE): the floor of any implementation making those
-    passes, and ``autoattack_time_floor_ours_vs_theirs`` the time ratio an engine without overhead would give."""
+    version at L2 ``eps``, ``calls`` calls each, in turn (ours, theirs, ours, …: a drift of the machine's speed
+    over the minutes of a call hits both), the median time of each.  Both run on a :class:`PassCounter` of the
+    model: the images each makes the model see, and the model's time for them alone (the counts times
+    :func:`pass_seconds`, measured at the batch of the points still robust after APGD-CE): the floor of any
+    implementation making those passes, and ``autoattack_time_floor_ours_vs_theirs`` the time ratio an engine
+    without overhead would give."""
     from pyautoattack import AutoAttack
 
-    ours_model, peer_model = PassCounter(model), PassCounter(model)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():  # the robustness flags of a robust model's evaluation: not this benchmark's
-        warnings.simplefilter("ignore", RobustnessWarning)
-        ours = evaluate(ours_model, (x, y), eps_grid=[eps], suite="autoattack", norm="l2", batch_size=batch,
-                        progress=False)
-    t_ours = time.perf_counter() - t0
-    peer = AutoAttack(peer_model, norm="L2", eps=eps, version="standard", seed=0, device=x.device)
-    t0 = time.perf_counter()
-    _, y_adv = peer.run_standard_evaluation(x, y, batch_size=batch)
-    t_peer = time.perf_counter() - t0
+    seconds: dict[str, list[float]] = {"ours": [], "theirs": []}
+    for call in range(calls):
+        ours_model, peer_model = PassCounter(model), PassCounter(model)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # the robustness flags of a robust model's evaluation: not this benchmark's
+            warnings.simplefilter("ignore", RobustnessWarning)
+            ours = evaluate(ours_model, (x, y), eps_grid=[eps], suite="autoattack", norm="l2", batch_size=batch,
+                            progress=False)
+        seconds["ours"].append(time.perf_counter() - t0)
+        peer = AutoAttack(peer_model, norm="L2", eps=eps, version="standard", seed=0, device=x.device)
+        t0 = time.perf_counter()
+        _, y_adv = peer.run_standard_evaluation(x, y, batch_size=batch)
+        seconds["theirs"].append(time.perf_counter() - t0)
+    t_ours, t_peer = statistics.median(seconds["ours"]), statistics.median(seconds["theirs"])
     ra_ours, ra_peer = ours.worst_at(eps, norm="l2").robust_accuracy, int((y_adv == y).sum()) / len(y)
     later = max(round(ours.attacks[0].robust_accuracy * len(y)), 1)  # the points the stages after APGD-CE see
     per_image = pass_seconds(model, x[:later], y[:later])
