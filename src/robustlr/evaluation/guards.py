@@ -32,9 +32,8 @@ from ..attacks.projections import per_sample_norm
 from .specs import AttackRun
 
 __all__ = ["RANGE_TOL", "BUDGET_RTOL", "CLEAN_STATS", "ADVERSARIAL_STATS", "check_model_finite", "check_logits_shape",
-           "check_fits",
-           "image_stats", "raise_images", "clean_stats", "raise_clean", "adversarial_input", "adversarial_stats",
-           "raise_adversarial", "declared_bound", "check_adversarial", "budget_bound"]
+           "check_fits", "image_stats", "raise_images", "clean_stats", "raise_clean", "adversarial_input",
+           "adversarial_stats", "raise_adversarial", "declared_bound", "check_adversarial", "budget_bound"]
 
 RANGE_TOL = 1e-6
 """Returned images may leave ``[0, 1]`` by at most this much."""
