@@ -65,6 +65,7 @@ GOALS = {
     "lora_apgd_vs_lora_pgd_time": "(reference)",
     "autoattack_engine_time_ours_vs_theirs": "(reference)",
     "autoattack_host_reads_ours_vs_theirs": "(reference)",
+    "autoattack_device_ops_ours_vs_theirs": "(reference)",
 }
 
 def rows_of(section: str, results: dict) -> list[tuple[str, str, float, str]]:
@@ -167,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                         eng)
         extras.append(f"AutoAttack host round trips per call ({eng['autoattack_host_reads_images']} images, every "
                       "stage in full): ours "
-                      f"{eng['autoattack_host_reads_ours']}, pyautoattack {eng['autoattack_host_reads_theirs']}")
+                      f"{eng['autoattack_host_reads_ours']}, pyautoattack {eng['autoattack_host_reads_theirs']}; "
+                      f"device operators (kernel launches on a GPU): ours {eng['autoattack_device_ops_ours']}, "
+                      f"pyautoattack {eng['autoattack_device_ops_theirs']}")
     loading, loading_extras = data_loading.run_all_rows(args.quick)
     rows += rows_of("data: CIFAR-shaped split in memory; JPEG folder, 224×224 evaluation view", loading)
     extras += loading_extras

@@ -175,10 +175,11 @@ def engine_rows(device: torch.device, n: int = 64, counted: int = 16, repeats: i
     ``autoattack_engine_time_ours_vs_theirs``: the time of the two calls on ``n`` images, interleaved (medians
     of ``repeats``); ``autoattack_host_reads_*``: the host round trips of one call on ``counted`` images
     (:class:`robustlr.profiling.HostSyncs`: what a GPU waits for — scalar reads, data-dependent sizes, host
-    copies)."""
+    copies); ``autoattack_device_ops_*``: the operators of that call (:class:`robustlr.profiling.DeviceOps`: a
+    kernel launch each on a GPU)."""
     from pyautoattack import AutoAttack
 
-    from robustlr.profiling import HostSyncs
+    from robustlr.profiling import DeviceOps, HostSyncs
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).to(device).eval()
@@ -198,15 +199,17 @@ def engine_rows(device: torch.device, n: int = 64, counted: int = 16, repeats: i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RobustnessWarning)
         t = interleaved_times({"ours": lambda: ours(n), "theirs": lambda: theirs(n)}, device, repeats)
-        reads = {}
+        reads, ops = {}, {}
         for name, fn in (("ours", ours), ("theirs", theirs)):
-            with HostSyncs() as syncs:
+            with HostSyncs() as syncs, DeviceOps() as launches:
                 fn(counted)
-            reads[name] = syncs.total
+            reads[name], ops[name] = syncs.total, launches.total
     return {"autoattack_engine_time_ours_vs_theirs": t["ours"] / t["theirs"],
             "autoattack_host_reads_images": counted,
             "autoattack_host_reads_ours": reads["ours"], "autoattack_host_reads_theirs": reads["theirs"],
-            "autoattack_host_reads_ours_vs_theirs": reads["ours"] / reads["theirs"]}
+            "autoattack_host_reads_ours_vs_theirs": reads["ours"] / reads["theirs"],
+            "autoattack_device_ops_ours": ops["ours"], "autoattack_device_ops_theirs": ops["theirs"],
+            "autoattack_device_ops_ours_vs_theirs": ops["ours"] / ops["theirs"]}
 
 
 def apgd_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, repeats: int) -> dict[str, float]:

@@ -15,6 +15,10 @@ attack call, training step, evaluation batch and CondLR step; ``make bench`` rep
 >>> with HostSyncs() as syncs:
 ...     attack(x, y)
 >>> syncs.total, syncs.events
+
+:class:`DeviceOps` counts, the same way, the operators a block runs on tensors: on a GPU each is a kernel launch,
+the fixed cost (a few microseconds) that decides the speed of small models.  ``make bench`` reports both counts for
+the AutoAttack suite.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from collections import Counter
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-__all__ = ["HostSyncs"]
+__all__ = ["DeviceOps", "HostSyncs"]
 
 _HOST_COPIES = {"cpu", "numpy", "tolist"}
 
@@ -108,3 +113,49 @@ class HostSyncs:
 
     def __repr__(self) -> str:
         return f"HostSyncs(total={self.total}, {dict(self.events)})"
+
+
+_ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_like.default,
+                torch.ops.aten.empty_strided.default, torch.ops.aten.new_empty.default,
+                torch.ops.aten.new_empty_strided.default}
+"""Allocations that write nothing: no kernel runs (the caching allocator hands out memory)."""
+
+
+class _Operators(TorchDispatchMode):
+    def __init__(self, counts: Counter) -> None:
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and func not in _ALLOCATIONS and any(
+                isinstance(leaf, torch.Tensor) for leaf in tree_leaves(out)):
+            self.counts[func.overloadpacket.__name__] += 1
+        return out
+
+
+class DeviceOps:
+    """Context manager: ``counts`` counts, per operator name, the operators run inside the block that produce a
+    tensor, leaving out views (``view``, slicing, ``t``, ``detach``: metadata only) and bare allocations
+    (``empty*``); operators that return no tensor (a scalar read, a dtype) are not counted either.  On a GPU
+    each counted operator is a kernel launch; the count is an upper bound, as a few of them (``scalar_tensor``,
+    say) may work on host scalars there.  ``total`` sums them."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._mode = _Operators(self.counts)
+
+    @property
+    def total(self) -> int:
+        """All counted operators."""
+        return sum(self.counts.values())
+
+    def __enter__(self) -> DeviceOps:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
+
+    def __repr__(self) -> str:
+        return f"DeviceOps(total={self.total}, {dict(self.counts.most_common(8))})"
