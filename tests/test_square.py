@@ -11,8 +11,8 @@ from torch import nn
 
 from robustlr.attacks import PGD
 from robustlr.attacks.projections import per_sample_norm
-from robustlr.attacks.square import Square, l2_pattern, square_fraction, square_side
-from robustlr.profiling import HostSyncs
+from robustlr.attacks.square import Square, _Layout, l2_pattern, square_fraction, square_side
+from robustlr.profiling import DeviceOps, HostSyncs
 from robustlr.train.quick import accuracy
 
 from conftest import require
@@ -109,7 +109,7 @@ def test_l2_query_is_the_papers_formula(side):
     u[: n // 4, 2:4] = u[: n // 4, 0:2]  # a quarter with W₂ = W₁
     atk = Square(nn.Identity(), eps, "l2", seed=0)
     pattern = l2_pattern(side).float()
-    ours = atk._l2_candidate(x, x_best, u, side, pattern)
+    ours = atk._l2_candidate(x, x_best, u, _Layout.of(side, x, "l2"))
     pick = [((u[:, k] * 2**24).long() * (28 - side + 1)) >> 24 for k in range(4)]
     windows = [((int(pick[0][k]), int(pick[1][k])), (int(pick[2][k]), int(pick[3][k]))) for k in range(n)]
     overlapping = sum(abs(a - c) < side and abs(b - d) < side for (a, b), (c, d) in windows)
@@ -117,6 +117,66 @@ def test_l2_query_is_the_papers_formula(side):
     expected = _l2_candidate_on_masks(x, x_best, windows, (u[:, 4] < 0.5).tolist(),
                                       torch.where(u[:, 5:] < 0.5, -1.0, 1.0).tolist(), side, pattern, eps)
     torch.testing.assert_close(ours, expected, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("side", [1, 4, 13])
+def test_linf_query_sets_one_window_to_a_box_vertex(side):
+    """The L∞ candidate equals ``x_best`` with the window at the picked position set, channel by channel, to
+    ``clip(x − ε)`` or ``clip(x + ε)`` (sample by sample on the whole image); on 13 × 9 images, where the rows
+    and columns have different numbers of positions."""
+    gen = torch.Generator().manual_seed(side)
+    n, eps, height, width = 32, 0.1, 13, 9
+    x = torch.rand(n, 2, height, width, generator=gen)
+    x_best = (x + eps * (2 * torch.rand(x.shape, generator=gen) - 1)).clamp(0, 1)
+    u = torch.rand(n, 2 + 2, generator=gen)
+    box = ((x - eps).clamp(min=0), (x + eps).clamp(max=1))
+    side = min(side, width)
+    ours = Square(nn.Identity(), eps, "linf", seed=0)._linf_candidate(x, x_best, box, u, _Layout.of(side, x, "linf"))
+    for k in range(n):
+        top, left = (int((u[k, j] * 2**24).long() * (extent - side + 1)) >> 24 for j, extent in ((0, height), (1, width)))
+        expected = x_best[k].clone()
+        for c in range(2):
+            bound = box[0] if u[k, 2 + c] < 0.5 else box[1]
+            expected[c, top:top + side, left:left + side] = bound[k, c, top:top + side, left:left + side]
+        assert torch.equal(ours[k], expected), k
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_channels_last_images_stay_channels_last_and_give_the_same_result(rgb_cnn, rgb_batch, norm):
+    """The model sees every candidate in the images' memory layout, and the result is the contiguous one."""
+    x, y = rgb_batch
+    layouts = []
+    model = lambda images: layouts.append(images.is_contiguous(memory_format=torch.channels_last)) or rgb_cnn(images)
+    last = Square(model, EPS[norm], norm, queries=30, seed=0)(x.contiguous(memory_format=torch.channels_last), y)
+    assert len(layouts) > 1 and all(layouts) and last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(last, Square(rgb_cnn, EPS[norm], norm, queries=30, seed=0)(x, y), rtol=0, atol=1e-6)
+
+
+QUERY_OPERATORS = {"linf": 25, "l2": 58}
+"""Operators per query (:class:`~robustlr.profiling.DeviceOps`: a kernel launch each on a GPU): the candidate,
+its margin on a one-layer model, the update of the best and a hundredth of a block of random draws (24.3 and 57.3
+measured; 32.4 and 90.8 before the window-entry candidates; pyautoattack's SquareAttack runs about 179 per L2
+query)."""
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_query_runs_a_fixed_small_number_of_operators(norm):
+    """The same for 4 and 16 images and every square side (the queries 100–199 and 400–499 have different
+    sides), within the budget: a query adds no operator per image, per window entry or per channel."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).eval()
+    per_query = set()
+    for n in (4, 16):
+        x = torch.rand(n, 3, 16, 16)
+        with torch.no_grad():
+            y = model(x).argmax(dim=1)
+        counts = {}
+        for queries in (200, 300, 500, 600):  # multiples of the compaction interval: the same compactions + 1, 2
+            with DeviceOps() as ops:
+                Square(model, 1e-4, norm, queries=queries, seed=0)(x, y)  # ε so small that nothing is fooled
+            counts[queries] = ops.total
+        per_query |= {(counts[300] - counts[200]) / 100, (counts[600] - counts[500]) / 100}
+    assert len(per_query) == 1 and per_query.pop() <= QUERY_OPERATORS[norm], per_query
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

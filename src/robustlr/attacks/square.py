@@ -69,7 +69,7 @@ positions, a transposition, the signs), purpose ``"queries/b"``.  A uniform ``u`
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -145,15 +145,34 @@ def _channel_norm(t: torch.Tensor) -> torch.Tensor:
     return per_sample_norm(t.reshape(n * c, *t.shape[2:]), "l2").view(n, c, 1, 1)
 
 
-def _pick(u: torch.Tensor, count: int) -> torch.Tensor:
-    """Uniform integers in ``{0, …, count−1}`` from 24-bit uniforms ``u``: ``⌊(u·2²⁴)·count / 2²⁴⌋``, exact."""
+def _pick(u: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
+    """Uniform integers in ``{0, …, count−1}`` from 24-bit uniforms ``u``: ``⌊(u·2²⁴)·count / 2²⁴⌋``, exact
+    (``count`` an integer, or an int64 tensor of counts broadcast against ``u``)."""
     return (u * 2.0**_BITS).to(torch.int64).mul_(count) >> _BITS
 
 
-def _axis_window(start: torch.Tensor, side: int, size: int) -> torch.Tensor:
-    """``(N, size)`` booleans: whether index ``j`` lies in ``[start_n, start_n + side)``."""
-    at = torch.arange(size, device=start.device) - start[:, None]
-    return (at >= 0) & (at < side)
+class _Layout(NamedTuple):
+    """What a query of one square side needs besides its draws, made once per side: the offsets ``0, …, s−1``,
+    the number of positions of a window ``(H−s+1, W−s+1)`` (twice for L2: two windows), the channel indices
+    ``(1, C, 1, 1)`` and, for L2, the pattern ``η(s)`` and its transpose flattened to ``(1, 1, s²)`` in the
+    images' dtype."""
+
+    span: torch.Tensor
+    extents: torch.Tensor
+    channels: torch.Tensor
+    pattern: torch.Tensor | None
+    pattern_t: torch.Tensor | None
+
+    @classmethod
+    def of(cls, side: int, like: torch.Tensor, norm: str) -> _Layout:
+        _, channels, height, width = like.shape
+        span, device = torch.arange(side, device=like.device), like.device
+        channel = torch.arange(channels, device=device)[None, :, None, None]
+        if norm == "linf":
+            return cls(span, torch.tensor([height - side + 1, width - side + 1], device=device), channel, None, None)
+        pattern = l2_pattern(side).to(device=device, dtype=like.dtype)
+        return cls(span, torch.tensor([height - side + 1, width - side + 1] * 2, device=device), channel,
+                   pattern.reshape(1, 1, -1), pattern.T.reshape(1, 1, -1))
 
 
 class Square(Attack):
@@ -231,7 +250,7 @@ class Square(Attack):
             best = self._objective(self._logits(x_best), y, targeted)
             out, rows = x_best, None  # rows: indices in the batch of the current (compacted) samples
             xs, ys, box = x, y, box_bounds(x, self.eps) if self.norm == "linf" else None
-            patterns: dict[int, torch.Tensor] = {}
+            layouts: dict[int, _Layout] = {}
             draws = x.new_empty(0)
             for query in range(self.queries):
                 if self._compacts(query):
@@ -250,12 +269,12 @@ class Square(Attack):
                     draws = self._noise("unit", block, restart, x, f"queries/{query // QUERY_BLOCK}")
                 u = draws[:, query % QUERY_BLOCK] if rows is None else draws[rows, query % QUERY_BLOCK]
                 side = square_side(square_fraction(query, self.queries, self.p_init), height, width, self.norm)
+                if side not in layouts:
+                    layouts[side] = _Layout.of(side, x, self.norm)
                 if self.norm == "linf":
-                    cand = self._linf_candidate(xs, x_best, box, u, side)
+                    cand = self._linf_candidate(xs, x_best, box, u, layouts[side])
                 else:
-                    if side not in patterns:
-                        patterns[side] = l2_pattern(side).to(device=x.device, dtype=x.dtype)
-                    cand = self._l2_candidate(xs, x_best, u, side, patterns[side])
+                    cand = self._l2_candidate(xs, x_best, u, layouts[side])
                 cand = self._as_returned(cand, xs)  # half-precision images: the candidate as it would be returned
                 score = self._objective(self._logits(cand), ys, targeted)  # −m: > 0 once fooled
                 better = (best < 0) & (score > best)
@@ -269,7 +288,8 @@ class Square(Attack):
         n, channels, height, width = x.shape
         if self.norm == "linf":
             lo, hi = box_bounds(x, self.eps)
-            return torch.where(self._noise("unit", (channels, 1, width), restart, x, "start/signs") < 0.5, lo, hi)
+            signs = self._noise("unit", (channels, 1, width), restart, x, "start/signs") < 0.5
+            return torch.where(signs, lo, hi, out=torch.empty_like(x))  # in x's memory layout
         side = min(height, width) // 5
         grid_h, grid_w = height // side, width // side
         top, left = (height - grid_h * side) // 2, (width - grid_w * side) // 2
@@ -283,47 +303,54 @@ class Square(Attack):
         return clip_unit(x + self.eps * normalize_per_sample(delta, "l2"))
 
     @staticmethod
-    def _window(u_top: torch.Tensor, u_left: torch.Tensor, side: int, height: int, width: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A window of ``side`` per sample at a uniform position: its top row, left column and ``(N, 1, H, W)``
-        mask."""
-        top, left = _pick(u_top, height - side + 1), _pick(u_left, width - side + 1)
-        mask = _axis_window(top, side, height)[:, None, :, None] & _axis_window(left, side, width)[:, None, None, :]
-        return top, left, mask
+    def _window_at(u: torch.Tensor, layout: _Layout, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows of side ``s`` at uniform positions from the uniforms ``u`` (``(N, k)``: a top and a left per
+        window, ``k/2`` windows): their tops and lefts ``(N, k)``, their rows and columns ``(N, k, s)``, and the
+        flat positions of their entries, ``(N, 1, k/2·s²)``, window after window, row-major in each."""
+        starts = _pick(u, layout.extents)
+        lines = starts[:, :, None] + layout.span
+        at = lines[:, 0::2, :, None] * width + lines[:, 1::2, None, :]
+        return starts, lines, at.view(u.shape[0], 1, -1)
 
     def _linf_candidate(self, x: torch.Tensor, x_best: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor],
-                        u: torch.Tensor, side: int) -> torch.Tensor:
-        """``x_best`` with one window set to the box vertex ``clip(x ± ε)`` (a sign per channel)."""
-        _, _, mask = self._window(u[:, 0], u[:, 1], side, *x.shape[2:])
-        vertex = torch.where((u[:, 2:] < 0.5)[:, :, None, None], box[0], box[1])
-        return torch.where(mask, vertex, x_best)
+                        u: torch.Tensor, layout: _Layout) -> torch.Tensor:
+        """``x_best`` with one window set to the box vertex ``clip(x ± ε)`` (a sign per channel), written on the
+        window's entries only (advanced indexing: any memory layout of the images is kept)."""
+        n, channels = x.shape[:2]
+        _, lines, _ = self._window_at(u[:, :2], layout, x.shape[3])
+        at = (torch.arange(n, device=x.device)[:, None, None, None], layout.channels,
+              lines[:, None, 0, :, None], lines[:, None, 1, None, :])  # (N, C, s, s) after broadcasting
+        vertex = torch.where((u[:, 2:] < 0.5)[:, :, None, None], box[0][at], box[1][at])
+        return x_best.clone().index_put_(at, vertex)
 
-    def _l2_candidate(self, x: torch.Tensor, x_best: torch.Tensor, u: torch.Tensor, side: int,
-                      pattern: torch.Tensor) -> torch.Tensor:
+    def _l2_candidate(self, x: torch.Tensor, x_best: torch.Tensor, u: torch.Tensor, layout: _Layout
+                      ) -> torch.Tensor:
         """``clip(x + ε·δ'/‖δ'‖₂)``: mass of ``W₂`` moved into ``W₁`` with a fresh ``±η`` (module docstring).
 
         Computed on the two windows' ``s × s`` entries (gathered at their flat positions), not on masks of the
         whole image: ``‖δ_{c,W₁∪W₂}‖² = ‖δ_{c,W₁}‖² + Σ_{W₂∖W₁} δ_c²``; ``δ'`` is ``δ`` with ``W₂`` zeroed, then ``ν``
-        written into ``W₁``."""
+        written into ``W₁``.  Both windows are handled in one tensor (their rows and columns stacked), so a query
+        runs a fixed, small number of operators (a kernel launch each on a GPU)."""
         n, channels, height, width = x.shape
+        side, area = layout.span.numel(), layout.pattern.numel()
         delta = x_best - x
-        span = torch.arange(side, device=x.device)
-        first = [_pick(u[:, k], extent - side + 1)[:, None] for k, extent in ((0, height), (1, width))]
-        second = [_pick(u[:, k], extent - side + 1)[:, None] for k, extent in ((2, height), (3, width))]
-        at1, at2 = ((rows + span)[:, :, None] * width + (cols + span)[:, None, :] for rows, cols in (first, second))
-        at1, at2 = (at.view(n, 1, side * side).expand(n, channels, -1) for at in (at1, at2))
+        # (N, 4): top and left of W₁, of W₂; (N, 4, s) their rows and columns; (N, 1, 2s²) their entries
+        starts, lines, at = self._window_at(u[:, :4], layout, width)
         flat = delta.reshape(n, channels, height * width)
-        old, gone = flat.gather(2, at1), flat.gather(2, at2)  # δ on W₁ and on W₂, (N, C, s²)
+        both = flat.gather(2, at.expand(n, channels, -1))
+        old, gone = both[..., :area], both[..., area:]  # δ on W₁ and on W₂, (N, C, s²)
         # the entries of W₂ that also lie in W₁ (counted once in the union)
-        inside = [((pos + span) >= start) & ((pos + span) < start + side) for pos, start in zip(second, first)]
-        shared = (inside[0][:, :, None] & inside[1][:, None, :]).view(n, 1, side * side)
-        eta = torch.where((u[:, 4] < 0.5)[:, None, None], pattern.T, pattern).reshape(n, 1, side * side)
-        signs = torch.where(u[:, 5:] < 0.5, -1.0, 1.0).to(x.dtype)[:, :, None]
+        offset = lines[:, 2:] - starts[:, :2, None]
+        inside = (offset >= 0) & (offset < side)
+        shared = (inside[:, 0, :, None] & inside[:, 1, None, :]).view(n, 1, area)
+        coins = u[:, 4:] < 0.5  # a transposition, then a sign per channel
+        eta = torch.where(coins[:, :1, None], layout.pattern_t, layout.pattern)  # (N, 1, s²)
         old_norm = torch.linalg.vector_norm(old, dim=2, keepdim=True)
-        fresh = eta * signs + old / (old_norm + TINY)
+        fresh = torch.where(coins[:, 1:, None], -eta, eta) + old / (old_norm + TINY)
         spare = (self.eps**2 - per_sample_norm(delta, "l2").square()).clamp_(min=0.0)[:, None, None]
-        union = old_norm.square() + torch.where(shared, 0.0, gone.square()).sum(dim=2, keepdim=True)
+        union = old_norm.square() + gone.square().masked_fill_(shared, 0.0).sum(dim=2, keepdim=True)
         size = (spare / channels + union).sqrt_()
         fresh = fresh / (torch.linalg.vector_norm(fresh, dim=2, keepdim=True) + TINY) * size
+        at1, at2 = (part.expand(n, channels, -1) for part in (at[..., :area], at[..., area:]))
         moved = flat.clone().scatter_(2, at2, 0.0).scatter_(2, at1, fresh).view(n, channels, height, width)
         return clip_unit(x + self.eps * normalize_per_sample(moved, "l2"))
