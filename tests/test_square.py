@@ -133,7 +133,8 @@ def test_linf_query_sets_one_window_to_a_box_vertex(side):
     side = min(side, width)
     ours = Square(nn.Identity(), eps, "linf", seed=0)._linf_candidate(x, x_best, box, u, _Layout.of(side, x, "linf"))
     for k in range(n):
-        top, left = (int((u[k, j] * 2**24).long() * (extent - side + 1)) >> 24 for j, extent in ((0, height), (1, width)))
+        top, left = (int((u[k, j] * 2**24).long() * (extent - side + 1)) >> 24
+                     for j, extent in ((0, height), (1, width)))
         expected = x_best[k].clone()
         for c in range(2):
             bound = box[0] if u[k, 2 + c] < 0.5 else box[1]

@@ -139,12 +139,6 @@ def l2_pattern(side: int) -> torch.Tensor:
     return pattern / torch.linalg.vector_norm(pattern)
 
 
-def _channel_norm(t: torch.Tensor) -> torch.Tensor:
-    """L2 norm of every channel ``t_{n,c}`` over its ``H·W`` entries, shape ``(N, C, 1, 1)``."""
-    n, c = t.shape[:2]
-    return per_sample_norm(t.reshape(n * c, *t.shape[2:]), "l2").view(n, c, 1, 1)
-
-
 def _pick(u: torch.Tensor, count: int | torch.Tensor) -> torch.Tensor:
     """Uniform integers in ``{0, …, count−1}`` from 24-bit uniforms ``u``: ``⌊(u·2²⁴)·count / 2²⁴⌋``, exact
     (``count`` an integer, or an int64 tensor of counts broadcast against ``u``)."""
@@ -166,13 +160,14 @@ class _Layout(NamedTuple):
     @classmethod
     def of(cls, side: int, like: torch.Tensor, norm: str) -> _Layout:
         _, channels, height, width = like.shape
-        span, device = torch.arange(side, device=like.device), like.device
-        channel = torch.arange(channels, device=device)[None, :, None, None]
+        windows = 1 if norm == "linf" else 2
+        span = torch.arange(side, device=like.device)
+        extents = torch.tensor([height - side + 1, width - side + 1] * windows, device=like.device)
+        channel = torch.arange(channels, device=like.device)[None, :, None, None]
         if norm == "linf":
-            return cls(span, torch.tensor([height - side + 1, width - side + 1], device=device), channel, None, None)
-        pattern = l2_pattern(side).to(device=device, dtype=like.dtype)
-        return cls(span, torch.tensor([height - side + 1, width - side + 1] * 2, device=device), channel,
-                   pattern.reshape(1, 1, -1), pattern.T.reshape(1, 1, -1))
+            return cls(span, extents, channel, None, None)
+        pattern = l2_pattern(side).to(device=like.device, dtype=like.dtype)
+        return cls(span, extents, channel, pattern.reshape(1, 1, -1), pattern.T.reshape(1, 1, -1))
 
 
 class Square(Attack):
@@ -303,7 +298,8 @@ class Square(Attack):
         return clip_unit(x + self.eps * normalize_per_sample(delta, "l2"))
 
     @staticmethod
-    def _window_at(u: torch.Tensor, layout: _Layout, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _window_at(u: torch.Tensor, layout: _Layout, width: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Windows of side ``s`` at uniform positions from the uniforms ``u`` (``(N, k)``: a top and a left per
         window, ``k/2`` windows): their tops and lefts ``(N, k)``, their rows and columns ``(N, k, s)``, and the
         flat positions of their entries, ``(N, 1, k/2·s²)``, window after window, row-major in each."""
